@@ -1,0 +1,184 @@
+"""Write a byte stream to disk and sha256 it in the same pass, with the work spread over three threads.
+
+The caller's thread fills pooled buffers (straight from a socket with ``readinto``, or from a file); one
+thread hashes each buffer and another writes it. ``hashlib`` and ``os.write`` release the GIL, so on two
+cores the three overlap and a download costs about what ``curl -o`` costs, instead of download + a second
+hashing pass (what OpenMAS does, ~4x slower). Memory stays bounded: ``buffers x buffer_size``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+DEFAULT_BUFFER_SIZE = 4 * 2**20
+DEFAULT_BUFFERS = 6
+
+
+class ReadInto(Protocol):
+    def readinto(self, buffer: memoryview) -> int: ...
+
+
+class HashingWriter:
+    """Append buffers to ``path`` while hashing them; ``close()`` fsyncs and returns the hex digest.
+
+    With ``resume=True`` the existing file is kept and its bytes are hashed first, so the digest covers
+    the whole file. Use as a context manager: leaving with an exception stops the threads and keeps what
+    was written (a resumable ``.part``), it never deletes.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        resume: bool = False,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        buffers: int = DEFAULT_BUFFERS,
+    ) -> None:
+        self.path = path
+        self.buffer_size = buffer_size
+        self._hash = hashlib.sha256()
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(buffers):
+            self._free.put(bytearray(buffer_size))
+        self._to_hash: queue.Queue[tuple[bytearray, memoryview] | None] = queue.Queue()
+        self._to_write: queue.Queue[tuple[bytearray, memoryview] | None] = queue.Queue()
+        self._pending: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._error: BaseException | None = None
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resume else os.O_TRUNC)
+        self._fd = os.open(path, flags, 0o644)
+        self.size = 0
+        if resume:
+            self.size = _hash_existing(path, self._hash)
+        self._threads = [
+            threading.Thread(target=self._run, args=(self._to_hash, self._hash.update), daemon=True),
+            threading.Thread(target=self._run, args=(self._to_write, self._write), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._closed = False
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._closed:
+            self._stop()
+
+    def fill_from(self, source: ReadInto, on_progress: Callable[[int], None] | None = None) -> int:
+        """Read ``source`` to its end through the pipeline; returns the number of bytes added."""
+        added = 0
+        while True:
+            buffer = self._take_buffer()
+            view = memoryview(buffer)
+            filled = 0
+            while filled < len(buffer):
+                n = source.readinto(view[filled:])
+                if not n:
+                    break
+                filled += n
+            if filled:
+                self._submit(buffer, view[:filled])
+                added += filled
+                if on_progress is not None:
+                    on_progress(filled)
+            else:
+                self._free.put(buffer)
+            if filled < len(buffer):
+                return added
+
+    def write(self, data: bytes) -> None:
+        """Add one chunk (for sources that yield bytes instead of filling buffers)."""
+        for start in range(0, len(data), self.buffer_size):
+            piece = data[start : start + self.buffer_size]
+            buffer = self._take_buffer()
+            buffer[: len(piece)] = piece
+            self._submit(buffer, memoryview(buffer)[: len(piece)])
+
+    def close(self) -> str:
+        """Drain the threads, fsync, close; returns the sha256 hex digest of the whole file."""
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        return self._hash.hexdigest()
+
+    def _take_buffer(self) -> bytearray:
+        if self._error is not None:
+            raise self._error
+        return self._free.get()
+
+    def _submit(self, buffer: bytearray, view: memoryview) -> None:
+        with self._lock:
+            self._pending[id(buffer)] = 2
+        self.size += len(view)
+        self._to_hash.put((buffer, view))
+        self._to_write.put((buffer, view))
+
+    def _write(self, view: memoryview) -> None:
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _run(self, inbox: queue.Queue[tuple[bytearray, memoryview] | None], work: Callable[..., object]) -> None:
+        while (item := inbox.get()) is not None:
+            buffer, view = item
+            try:
+                if self._error is None:
+                    work(view)
+            except BaseException as exc:  # surfaced to the caller's thread by _take_buffer/close
+                self._error = exc
+            finally:
+                self._release(buffer)
+
+    def _release(self, buffer: bytearray) -> None:
+        with self._lock:
+            self._pending[id(buffer)] -= 1
+            done = self._pending[id(buffer)] == 0
+        if done:
+            self._free.put(buffer)
+
+    def _stop(self) -> None:
+        self._closed = True
+        self._to_hash.put(None)
+        self._to_write.put(None)
+        for thread in self._threads:
+            thread.join()
+        try:
+            if self._error is None:
+                os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+
+
+def _hash_existing(path: Path, digest: hashlib._Hash) -> int:  # type: ignore[name-defined]
+    size = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(DEFAULT_BUFFER_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    return size
+
+
+def sha256_file(path: Path, on_progress: Callable[[int], None] | None = None) -> str:
+    """Hash a file in large reads (hashlib releases the GIL, so this runs well in a worker thread)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(DEFAULT_BUFFER_SIZE)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as file:
+        while n := file.readinto(buffer):
+            digest.update(view[:n])
+            if on_progress is not None:
+                on_progress(n)
+    return digest.hexdigest()
+
+
+def copy_and_hash(source: BinaryIO, dest: Path, on_progress: Callable[[int], None] | None = None) -> tuple[str, int]:
+    """Copy an open binary file to ``dest`` through the pipeline; returns (sha256, size)."""
+    with HashingWriter(dest) as writer:
+        writer.fill_from(source, on_progress)  # type: ignore[arg-type]
+        return writer.close(), writer.size

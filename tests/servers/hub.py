@@ -1,0 +1,472 @@
+"""Local Hugging Face Hub that the real ``huggingface_hub.hf_hub_download`` (2.4.0) downloads from.
+
+huggingface_hub 2.x talks through ``httpx2``, which HTTP-mocking libraries do not see, so tests point the real
+client at this server instead (``endpoint=server.url``). Built on the stdlib (``ThreadingHTTPServer``) because
+the client percent-encodes the revision (``refs%2Fpr%2F1``) and only the raw request target keeps it apart
+from path separators.
+
+Reproduced subset of the Hub's *download* protocol (what ``hf_hub_download`` sends and needs):
+
+* ``HEAD``/``GET {endpoint}[/datasets|/spaces|/kernels]/{repo_id}/resolve/{revision}/{path}``, the revision
+  being a branch, a tag or a full 40-hex commit sha; every successful answer carries ``X-Repo-Commit``;
+* small files: ``200`` with ``ETag`` = quoted git blob sha1 and ``Content-Length``;
+* "LFS" files (size >= ``lfs_threshold``): ``302`` with ``X-Linked-Etag`` = quoted sha256, ``X-Linked-Size``
+  and a signed, expiring ``Location`` on ``http://localhost:PORT/_cdn/...`` - another origin than
+  ``127.0.0.1:PORT``, so the client's "never send the token to the CDN" path runs for real;
+* single byte ranges (``bytes=N-`` / ``bytes=N-M``) answered ``206`` + ``Content-Range``, which the client
+  sends when it resumes a transfer cut mid-body (2.4.0 never resumes ``.incomplete`` files across calls);
+* errors typed by ``X-Error-Code`` + ``X-Error-Message`` as the client's ``hf_raise_for_status`` maps them:
+  ``RepoNotFound`` (401 anonymous / 404 with a token), ``GatedRepo`` (401 anonymous / 403 without access),
+  ``RevisionNotFound`` (404), ``EntryNotFound`` (404 with ``X-Repo-Commit``, so the client caches the miss);
+* authentication by ``Authorization: Bearer <token>``; any bearer token is a valid user, access to gated and
+  private repos is granted per token.
+
+Not reproduced: ``/api/...`` routes (``snapshot_download``, ``HfApi``), Xet storage (no ``X-Xet-*`` header is
+ever sent, so the client stays on plain HTTP), uploads, gzip content coding, invalid-token 401s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import secrets
+import socket
+import socketserver
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from urllib.parse import parse_qs, unquote
+
+__all__ = ["HubRepo", "HubRequest", "HubServer", "git_blob_sha1"]
+
+_URL_PREFIXES = {"datasets": "dataset", "spaces": "space", "kernels": "kernel"}  # as constants.REPO_TYPES_URL_PREFIXES
+_TYPE_PREFIX = {repo_type: prefix + "/" for prefix, repo_type in _URL_PREFIXES.items()}
+_SHA = re.compile(r"[0-9a-f]{40}")
+_RANGE = re.compile(r"\s*bytes=(\d+)-(\d*)\s*")
+_CDN_TTL = 3600  # seconds a signed CDN link stays valid, like the Hub's one-hour links
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git object id of ``data``: what the Hub puts in ``ETag`` for files stored in git itself."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass(frozen=True)
+class HubRequest:
+    """One request as the server saw it, with the status it answered."""
+
+    method: str
+    raw_path: str  # request target exactly as sent: still percent-encoded, query included
+    authorization: str | None
+    range: str | None
+    status: int
+    host: str | None = None  # tells resolve (127.0.0.1) from CDN (localhost) requests
+
+
+@dataclass(frozen=True)
+class _Blob:
+    data: bytes
+    git_sha1: str
+    sha256: str
+
+
+def _blob(data: bytes) -> _Blob:
+    return _Blob(data, git_blob_sha1(data), hashlib.sha256(data).hexdigest())
+
+
+def _lfs_pointer(blob: _Blob) -> bytes:
+    """The git-lfs pointer the Hub keeps in git for an LFS file; its blob sha1 is the redirect's ``ETag``."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{blob.sha256}\nsize {len(blob.data)}\n".encode()
+
+
+class HubRepo:
+    """A repository: immutable commits (full file trees) plus movable branches and tags."""
+
+    def __init__(
+        self,
+        server: HubServer,
+        repo_id: str,
+        repo_type: str,
+        *,
+        gated: bool,
+        private: bool,
+        tokens: set[str] | None,
+    ) -> None:
+        self._server = server
+        self.repo_id = repo_id
+        self.repo_type = repo_type
+        self.gated = gated
+        self.private = private
+        self.tokens = frozenset(tokens or ())
+        self._commits: dict[str, dict[str, _Blob]] = {}
+        self._branches: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
+
+    @property
+    def head(self) -> str:
+        with self._server._lock:
+            return self._branches["main"]
+
+    def commit(self, files: dict[str, bytes], *, ref: str = "main") -> str:
+        """Add a commit on branch ``ref`` (created from main if new) whose tree is the parent's with ``files``
+        replaced/added; returns its sha and moves the branch, like a push."""
+        blobs = {path: _blob(data) for path, data in files.items()}
+        with self._server._lock:
+            parent = self._branches.get(ref) or self._branches.get("main")
+            tree = {**(self._commits[parent] if parent else {}), **blobs}
+            listing = "".join(f"{p}\0{b.git_sha1}\n" for p, b in sorted(tree.items()))
+            seq = next(self._server._seq)  # two identical pushes must still yield distinct commits
+            sha = hashlib.sha1(f"{self.repo_type}/{self.repo_id}\n{parent}\n{seq}\n{listing}".encode()).hexdigest()
+            self._commits[sha] = tree
+            self._branches[ref] = sha
+            self._server._cdn.update((b.sha256, b) for b in blobs.values())
+        return sha
+
+    def tag(self, name: str, commit: str | None = None) -> None:
+        """Point tag ``name`` at ``commit`` (default: main's head)."""
+        with self._server._lock:
+            sha = commit or self._branches["main"]
+            if sha not in self._commits:
+                raise ValueError(f"unknown commit {sha!r} in {self.repo_id}")
+            self._tags[name] = sha
+
+    def _resolve(self, revision: str) -> str | None:
+        """Branch, then tag, then full sha - the Hub's precedence; caller holds the lock."""
+        sha = self._branches.get(revision) or self._tags.get(revision)
+        if sha is None and _SHA.fullmatch(revision) and revision in self._commits:
+            sha = revision
+        return sha
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: HubServer
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), which can stall on a reverse DNS lookup.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients resetting connections are routine, not worth a traceback on stderr; handler bugs still are."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+class _HubError(Exception):
+    """An error answer of the Hub: status, ``X-Error-Code`` and extra headers."""
+
+    def __init__(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the client sends HEAD and GET on one connection
+    server_version = "flowmas-test-hub"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._track(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner._untrack(self.connection)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        """Silenced: test output must not be polluted by access logs."""
+
+    def do_GET(self) -> None:
+        self._handle(head=False)
+
+    def do_HEAD(self) -> None:
+        self._handle(head=True)
+
+    def _handle(self, *, head: bool) -> None:
+        owner = self.server.owner
+        path, _, query = self.path.partition("?")
+        try:
+            if (status := owner._take_failure()) is not None:
+                raise _HubError(status, None, "injected failure")
+            if path.startswith("/_cdn/"):
+                self._send_blob(owner._cdn_blob(path.removeprefix("/_cdn/"), query), {}, head=head)
+            else:
+                self._resolve(path, head=head)
+        except _HubError as e:
+            headers = {**e.headers, "X-Error-Message": e.message, "Content-Type": "application/json"}
+            if e.code is not None:
+                headers["X-Error-Code"] = e.code
+            self._reply(e.status, json.dumps({"error": e.message}).encode(), headers, head=head)
+
+    def _resolve(self, path: str, *, head: bool) -> None:
+        parts = path.lstrip("/").split("/")
+        repo_type = _URL_PREFIXES.get(parts[0], "model")
+        if repo_type != "model":
+            parts = parts[1:]
+        at = next((i for i in (1, 2) if i < len(parts) and parts[i] == "resolve"), None)  # repo ids: 1-2 segments
+        if at is None or len(parts) < at + 3:
+            raise _HubError(404, None, "Not Found")
+        repo_id, revision = "/".join(parts[:at]), unquote(parts[at + 1])
+        filename = unquote("/".join(parts[at + 2 :]))
+
+        commit, blob = self.server.owner._lookup(repo_type, repo_id, revision, filename, self._token())
+        headers = {"X-Repo-Commit": commit, "Accept-Ranges": "bytes"}
+        if len(blob.data) < self.server.owner.lfs_threshold:
+            self._send_blob(blob, {**headers, "ETag": f'"{blob.git_sha1}"'}, head=head)
+            return
+        host = self.headers.get("Host", "")
+        cdn_host = "127.0.0.1" if host.startswith("localhost") else "localhost"  # always another origin
+        headers |= {
+            "ETag": f'"{git_blob_sha1(_lfs_pointer(blob))}"',
+            "X-Linked-Etag": f'"{blob.sha256}"',
+            "X-Linked-Size": str(len(blob.data)),
+            "Location": f"http://{cdn_host}:{self.server.server_port}{self.server.owner._signed_cdn_path(blob)}",
+        }
+        self._reply(302, b"", headers, head=head)
+
+    def _token(self) -> str | None:
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme != "Bearer":
+            return None
+        return token.strip() or None
+
+    def _send_blob(self, blob: _Blob, headers: dict[str, str], *, head: bool) -> None:
+        data, total = blob.data, len(blob.data)
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", **headers}
+        m = _RANGE.fullmatch(self.headers.get("Range") or "")
+        if m is None or head:  # RFC 9110: Range is only defined for GET; malformed ones are ignored
+            self._reply(200, data, headers, head=head)
+            return
+        start, end = int(m[1]), min(int(m[2] or total - 1), total - 1)
+        if start >= total or start > end:
+            self._reply(416, b"", {**headers, "Content-Range": f"bytes */{total}"}, head=head)
+            return
+        headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+        self._reply(206, data[start : end + 1], headers, head=head)
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str], *, head: bool) -> None:
+        """Record first (a client that saw the answer always finds its record), then send.
+
+        ``Content-Length`` is always set, HEAD included, so keep-alive framing never depends on closing."""
+        owner = self.server.owner
+        owner._record(
+            HubRequest(
+                self.command,
+                self.path,
+                self.headers.get("Authorization"),
+                self.headers.get("Range"),
+                status,
+                self.headers.get("Host"),
+            )
+        )
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if head or not body:
+            return
+        cut = owner._take_truncation() if status in (200, 206) else None
+        try:
+            self.wfile.write(body if cut is None else body[:cut])
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+            return
+        if cut is not None:  # the client sees a body shorter than Content-Length
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+
+
+class HubServer:
+    """A Hub on 127.0.0.1 (ephemeral port) serving in-memory repos, with a request log and fault injection."""
+
+    def __init__(self, *, lfs_threshold: int = 10 * 2**20) -> None:
+        self.lfs_threshold = lfs_threshold
+        self.requests: list[HubRequest] = []
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._secret = secrets.token_bytes(16)
+        self._repos: dict[tuple[str, str], HubRepo] = {}
+        self._cdn: dict[str, _Blob] = {}  # content-addressed like the real LFS bucket: sha256 -> blob
+        self._failures: list[int] = []
+        self._truncations: list[int] = []
+        self._conns: set[socket.socket] = set()
+        self._stopping = False
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+
+    def start(self) -> HubServer:
+        if self._server is None:
+            self._stopping = False
+            server = _Server(("127.0.0.1", 0), _Handler)
+            server.owner = self
+            # A short poll interval keeps stop() well under a second.
+            self._thread = threading.Thread(
+                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="HubServer", daemon=True
+            )
+            self._thread.start()
+            self._server = server
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting and free the port, cutting idle keep-alive connections (httpx2 pools them)."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        with self._lock:
+            self._stopping = True
+            conns = list(self._conns)
+        server.shutdown()
+        server.server_close()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        thread.join()
+        self._server = self._thread = None
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("HubServer is not started")
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    # -- content and faults
+
+    def add_repo(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        *,
+        repo_type: str = "model",
+        gated: bool = False,
+        private: bool = False,
+        tokens: set[str] | None = None,
+    ) -> HubRepo:
+        """Create ``repo_id`` with one commit of ``files`` on main; ``tokens`` may read it if gated/private."""
+        if repo_type != "model" and repo_type not in _TYPE_PREFIX:
+            raise ValueError(f"unknown repo_type {repo_type!r}")
+        repo = HubRepo(self, repo_id, repo_type, gated=gated, private=private, tokens=tokens)
+        with self._lock:
+            if (repo_type, repo_id) in self._repos:
+                raise ValueError(f"{repo_type} {repo_id} already exists")
+            self._repos[repo_type, repo_id] = repo
+        repo.commit(files)
+        return repo
+
+    def reset(self) -> None:
+        """Drop repos, CDN blobs, pending faults and the request log, keeping the port."""
+        with self._lock:
+            self._repos.clear()
+            self._cdn.clear()
+            self._failures.clear()
+            self._truncations.clear()
+            self.requests.clear()
+
+    def fail_next(self, n: int, status: int = 503) -> None:
+        """Answer the next ``n`` requests (any route) with ``status``, e.g. to test retries.
+
+        Do not aim this at ``hf_hub_download``: it retries 5xx/429 for ~23 s before giving up."""
+        with self._lock:
+            self._failures.extend([status] * n)
+
+    def truncate_next_body(self, n_bytes: int) -> None:
+        """Cut the next successful GET body after ``n_bytes`` and drop the connection, so the client resumes
+        with ``Range``. huggingface_hub waits 1 s first and only counts whole 10 MiB
+        (``DOWNLOAD_CHUNK_SIZE``) chunks as received: a cut before the first chunk restarts from byte 0."""
+        with self._lock:
+            self._truncations.append(n_bytes)
+
+    # -- handler callbacks
+
+    def _lookup(
+        self, repo_type: str, repo_id: str, revision: str, filename: str, token: str | None
+    ) -> tuple[str, _Blob]:
+        """Resolve a file like the Hub, checking access before revision before path."""
+        with self._lock:
+            repo = self._repos.get((repo_type, repo_id))
+            if repo is None or (repo.private and token not in repo.tokens):
+                raise _HubError(401 if token is None else 404, "RepoNotFound", "Repository not found")
+            if repo.gated and token not in repo.tokens:
+                if token is None:
+                    raise _HubError(
+                        401, "GatedRepo", f"Access to {repo_type} {repo_id} is restricted. You must be authenticated."
+                    )
+                raise _HubError(
+                    403, "GatedRepo", f"Access to {repo_type} {repo_id} is restricted and you are not in the list."
+                )
+            commit = repo._resolve(revision)
+            if commit is None:
+                raise _HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            blob = repo._commits[commit].get(filename)
+        if blob is None:
+            raise _HubError(404, "EntryNotFound", "Entry not found", {"X-Repo-Commit": commit})
+        return commit, blob
+
+    def _sign(self, sha256: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def _signed_cdn_path(self, blob: _Blob) -> str:
+        expires = int(time.time()) + _CDN_TTL
+        return f"/_cdn/{blob.sha256}?expires={expires}&sig={self._sign(blob.sha256, expires)}"
+
+    def _cdn_blob(self, sha256: str, query: str) -> _Blob:
+        """The CDN trusts only its signature, never an Authorization header, like a presigned bucket URL."""
+        params = parse_qs(query)
+        expires, sig = params.get("expires", ["0"])[0], params.get("sig", [""])[0]
+        if not expires.isdigit() or not hmac.compare_digest(sig, self._sign(sha256, int(expires))):
+            raise _HubError(403, None, "AccessDenied: bad signature")
+        if int(expires) < time.time():
+            raise _HubError(403, None, "AccessDenied: request has expired")
+        with self._lock:
+            blob = self._cdn.get(sha256)
+        if blob is None:
+            raise _HubError(404, None, "NoSuchKey")
+        return blob
+
+    def _take_failure(self) -> int | None:
+        with self._lock:
+            return self._failures.pop(0) if self._failures else None
+
+    def _take_truncation(self) -> int | None:
+        with self._lock:
+            return self._truncations.pop(0) if self._truncations else None
+
+    def _record(self, request: HubRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def _track(self, conn: socket.socket) -> None:
+        with self._lock:
+            if self._stopping:  # accepted while stop() was sweeping
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            self._conns.add(conn)
+
+    def _untrack(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._conns.discard(conn)
