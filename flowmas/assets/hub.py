@@ -2,8 +2,8 @@
 
 The file lands in the Hub's own shared cache (``HF_HUB_CACHE``: deduplicated across projects, resumed by
 the Hub client) and is then hardlinked, or copied when links are impossible, into our ``.part`` while it is
-hashed. The resolved commit is taken from the snapshot path the client returns. The endpoint is read from
-``HF_ENDPOINT`` at call time, because huggingface_hub reads it only once, at import.
+hashed. The resolved commit is taken from the snapshot path the client returns. ``HF_ENDPOINT`` and
+``HF_HUB_CACHE`` are read at call time, because huggingface_hub reads them only once, at import.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class HubSource:
         source = asset.source
         assert isinstance(source, HubSourceConfig)
         endpoint = os.environ.get("HF_ENDPOINT") or None
+        cache_dir = os.environ.get("HF_HUB_CACHE") or None
         where = f"{source.repo_id}/{source.filename}@{source.revision}"
         try:
             path = Path(
@@ -39,6 +40,7 @@ class HubSource:
                     revision=source.revision,
                     token=token,
                     endpoint=endpoint,
+                    cache_dir=cache_dir,
                     tqdm_class=None if asset.progress_report else _SilentTqdm,
                 )
             )

@@ -111,6 +111,7 @@ def refused(lay: Layout, archive: Path, fmt: str, **kwargs: object) -> UnsafeArc
         unpack_archive(archive, lay.dest, fmt, asset="model", **kwargs)  # type: ignore[arg-type]
     lay.assert_untouched()
     assert info.value.asset == "model"
+    assert "The destination was not created" in str(info.value)  # and what to do about it
     return info.value
 
 

@@ -46,8 +46,8 @@ from urllib.parse import parse_qs, unquote
 
 __all__ = ["HubRepo", "HubRequest", "HubServer", "git_blob_sha1"]
 
-_URL_PREFIXES = {"datasets": "dataset", "spaces": "space", "kernels": "kernel"}  # as constants.REPO_TYPES_URL_PREFIXES
-_TYPE_PREFIX = {repo_type: prefix + "/" for prefix, repo_type in _URL_PREFIXES.items()}
+# URL prefix -> repo type, as huggingface_hub's constants.REPO_TYPES_URL_PREFIXES
+_URL_PREFIXES = {"datasets": "dataset", "spaces": "space", "kernels": "kernel"}
 _SHA = re.compile(r"[0-9a-f]{40}")
 _RANGE = re.compile(r"\s*bytes=(\d+)-(\d*)\s*")
 _CDN_TTL = 3600  # seconds a signed CDN link stays valid, like the Hub's one-hour links
@@ -83,7 +83,8 @@ def _blob(data: bytes) -> _Blob:
 
 def _lfs_pointer(blob: _Blob) -> bytes:
     """The git-lfs pointer the Hub keeps in git for an LFS file; its blob sha1 is the redirect's ``ETag``."""
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{blob.sha256}\nsize {len(blob.data)}\n".encode()
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{blob.sha256}\nsize {len(blob.data)}\n"
+    return pointer.encode()
 
 
 class HubRepo:
@@ -123,7 +124,8 @@ class HubRepo:
             tree = {**(self._commits[parent] if parent else {}), **blobs}
             listing = "".join(f"{p}\0{b.git_sha1}\n" for p, b in sorted(tree.items()))
             seq = next(self._server._seq)  # two identical pushes must still yield distinct commits
-            sha = hashlib.sha1(f"{self.repo_type}/{self.repo_id}\n{parent}\n{seq}\n{listing}".encode()).hexdigest()
+            header = f"{self.repo_type}/{self.repo_id}\n{parent}\n{seq}\n"
+            sha = hashlib.sha1((header + listing).encode()).hexdigest()
             self._commits[sha] = tree
             self._branches[ref] = sha
             self._server._cdn.update((b.sha256, b) for b in blobs.values())
@@ -156,7 +158,7 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
     def handle_error(self, request: object, client_address: object) -> None:
-        """Clients resetting connections are routine, not worth a traceback on stderr; handler bugs still are."""
+        """Clients resetting connections are routine, not worth a traceback on stderr; handler bugs are."""
         if not isinstance(sys.exc_info()[1], OSError):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
@@ -216,24 +218,26 @@ class _Handler(BaseHTTPRequestHandler):
         repo_type = _URL_PREFIXES.get(parts[0], "model")
         if repo_type != "model":
             parts = parts[1:]
-        at = next((i for i in (1, 2) if i < len(parts) and parts[i] == "resolve"), None)  # repo ids: 1-2 segments
+        # repo ids have one ("gpt2") or two ("acme/tiny") segments
+        at = next((i for i in (1, 2) if i < len(parts) and parts[i] == "resolve"), None)
         if at is None or len(parts) < at + 3:
             raise _HubError(404, None, "Not Found")
         repo_id, revision = "/".join(parts[:at]), unquote(parts[at + 1])
         filename = unquote("/".join(parts[at + 2 :]))
 
         commit, blob = self.server.owner._lookup(repo_type, repo_id, revision, filename, self._token())
-        headers = {"X-Repo-Commit": commit, "Accept-Ranges": "bytes"}
+        headers = {"X-Repo-Commit": commit}
         if len(blob.data) < self.server.owner.lfs_threshold:
             self._send_blob(blob, {**headers, "ETag": f'"{blob.git_sha1}"'}, head=head)
             return
         host = self.headers.get("Host", "")
         cdn_host = "127.0.0.1" if host.startswith("localhost") else "localhost"  # always another origin
+        cdn_url = f"http://{cdn_host}:{self.server.server_port}{self.server.owner._signed_cdn_path(blob)}"
         headers |= {
             "ETag": f'"{git_blob_sha1(_lfs_pointer(blob))}"',
             "X-Linked-Etag": f'"{blob.sha256}"',
             "X-Linked-Size": str(len(blob.data)),
-            "Location": f"http://{cdn_host}:{self.server.server_port}{self.server.owner._signed_cdn_path(blob)}",
+            "Location": cdn_url,
         }
         self._reply(302, b"", headers, head=head)
 
@@ -247,11 +251,12 @@ class _Handler(BaseHTTPRequestHandler):
         data, total = blob.data, len(blob.data)
         headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", **headers}
         m = _RANGE.fullmatch(self.headers.get("Range") or "")
-        if m is None or head:  # RFC 9110: Range is only defined for GET; malformed ones are ignored
+        # RFC 9110: Range is only defined for GET, and invalid ones (like bytes=9-5) are ignored
+        if m is None or head or (m[2] and int(m[2]) < int(m[1])):
             self._reply(200, data, headers, head=head)
             return
         start, end = int(m[1]), min(int(m[2] or total - 1), total - 1)
-        if start >= total or start > end:
+        if start >= total:
             self._reply(416, b"", {**headers, "Content-Range": f"bytes */{total}"}, head=head)
             return
         headers["Content-Range"] = f"bytes {start}-{end}/{total}"
@@ -367,8 +372,8 @@ class HubServer:
         private: bool = False,
         tokens: set[str] | None = None,
     ) -> HubRepo:
-        """Create ``repo_id`` with one commit of ``files`` on main; ``tokens`` may read it if gated/private."""
-        if repo_type != "model" and repo_type not in _TYPE_PREFIX:
+        """Create ``repo_id`` with ``files`` on main; when gated/private, only ``tokens`` can read it."""
+        if repo_type not in ("model", *_URL_PREFIXES.values()):
             raise ValueError(f"unknown repo_type {repo_type!r}")
         repo = HubRepo(self, repo_id, repo_type, gated=gated, private=private, tokens=tokens)
         with self._lock:
@@ -412,13 +417,10 @@ class HubServer:
             if repo is None or (repo.private and token not in repo.tokens):
                 raise _HubError(401 if token is None else 404, "RepoNotFound", "Repository not found")
             if repo.gated and token not in repo.tokens:
+                restricted = f"Access to {repo_type} {repo_id} is restricted"
                 if token is None:
-                    raise _HubError(
-                        401, "GatedRepo", f"Access to {repo_type} {repo_id} is restricted. You must be authenticated."
-                    )
-                raise _HubError(
-                    403, "GatedRepo", f"Access to {repo_type} {repo_id} is restricted and you are not in the list."
-                )
+                    raise _HubError(401, "GatedRepo", f"{restricted}. You must be authenticated.")
+                raise _HubError(403, "GatedRepo", f"{restricted} and you are not in the authorized list.")
             commit = repo._resolve(revision)
             if commit is None:
                 raise _HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")

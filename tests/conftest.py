@@ -1,0 +1,148 @@
+"""Session-wide test setup: isolated homes, and real servers on 127.0.0.1 started once per session.
+
+Everything a test touches lives under one temporary directory: Prefect's home (so no test writes to the
+developer's ~/.prefect), flowmas's home and the Hugging Face cache. These variables are set before any
+test module imports prefect or huggingface_hub, which read some of them at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="flowmas-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_DIR / "prefect")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_TO_API_BATCH_INTERVAL"] = "0.3"
+os.environ["FLOWMAS_HOME"] = str(_SESSION_DIR / "flowmas")
+os.environ["HF_HOME"] = str(_SESSION_DIR / "hf")
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "FLOWMAS_ASSETS_DIR", "FLOWMAS_PROJECT",
+             "PREFECT_API_URL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+    os.environ.pop(_var, None)
+
+from tests.servers.http_files import FileServer  # noqa: E402
+from tests.servers.hub import HubServer  # noqa: E402
+
+_private_redis: subprocess.Popen[bytes] | None = None
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Use the Redis at REDIS_URL; if none answers, start a private redis-server, else stop with a hint."""
+    global _private_redis
+    url = os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379")
+    if _redis_answers(url):
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.exit(
+            f"No Redis answers at REDIS_URL={url} and redis-server is not installed. "
+            "Install it (apt-get install -y redis-server) or point REDIS_URL at a running Redis.",
+            returncode=2,
+        )
+    port = _free_port()
+    _private_redis = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(_SESSION_DIR)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while not _redis_answers(url):
+        if time.monotonic() > deadline or _private_redis.poll() is not None:
+            pytest.exit(f"Started a private redis-server on port {port}, but it does not answer.", returncode=2)
+        time.sleep(0.02)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _private_redis is not None:
+        _private_redis.terminate()
+        _private_redis.wait(timeout=5)
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return os.environ["REDIS_URL"]
+
+
+@pytest.fixture(scope="session")
+def _file_server() -> Iterator[FileServer]:
+    with FileServer() as server:
+        yield server
+
+
+@pytest.fixture
+def http_server(_file_server: FileServer) -> Iterator[FileServer]:
+    """The session's HTTP file server, emptied for each test."""
+    _file_server.reset()
+    yield _file_server
+    _file_server.reset()
+
+
+@pytest.fixture(scope="session")
+def _other_origin_server() -> Iterator[FileServer]:
+    with FileServer() as server:
+        yield server
+
+
+@pytest.fixture
+def other_origin(_other_origin_server: FileServer) -> Iterator[FileServer]:
+    """A second file server: another origin (port), for cross-origin redirect tests."""
+    _other_origin_server.reset()
+    yield _other_origin_server
+    _other_origin_server.reset()
+
+
+@pytest.fixture(scope="session")
+def _hub_server() -> Iterator[HubServer]:
+    with HubServer(lfs_threshold=64 * 1024) as server:
+        yield server
+
+
+@pytest.fixture
+def hub(_hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubServer]:
+    """The session's fake Hugging Face Hub, emptied per test; HF_ENDPOINT points at it, HF cache per test."""
+    _hub_server.reset()
+    monkeypatch.setenv("HF_ENDPOINT", _hub_server.url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    yield _hub_server
+    _hub_server.reset()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[str]:
+    """One real Prefect API server (SQLite, temporary) for the whole session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
