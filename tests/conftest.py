@@ -146,3 +146,27 @@ def prefect_server() -> Iterator[str]:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture
+def make_manager(tmp_path: Path, cache_dir: Path):
+    """Build an AssetManager for a project given as a list of asset dicts (written as a real flowmas.yaml)."""
+    import yaml
+
+    from flowmas import AssetManager, FlowmasSettings, load_project
+
+    managers = []
+
+    def make(assets: list[dict], agents: dict | None = None, **settings: object) -> AssetManager:
+        project_file = tmp_path / "flowmas.yaml"
+        project_file.write_text(yaml.safe_dump({"name": "test", "version": "1", "assets": assets,
+                                                "agents": agents or {}}))
+        defaults = {"lock_log_interval_seconds": 0.5}
+        manager = AssetManager(load_project(project_file), settings=FlowmasSettings(**{**defaults, **settings}),
+                               cache_dir=cache_dir)
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        manager.close()
