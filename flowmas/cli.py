@@ -36,11 +36,28 @@ ProjectOption = Annotated[
 MiB = 2**20
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of the record (test runners swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: object) -> None:
+        pass
+
+
+_log_handler = _StderrHandler()
+_log_handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logger = logging.getLogger("flowmas")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if _log_handler not in logger.handlers:
+        logger.addHandler(_log_handler)
 
 
 def _manager(project: Path | None) -> AssetManager:

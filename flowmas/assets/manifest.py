@@ -78,7 +78,7 @@ class _SourceBase(Strict):
 class HttpSourceConfig(_SourceBase):
     type: Literal["http"]
     url: str
-    filename: str | None = None
+    filename: str | None = Field(default=None, pattern=SAFE_SEGMENT)
 
     @field_validator("url")
     @classmethod
@@ -211,7 +211,10 @@ class AssetConfig(Strict):
 
     @property
     def filename(self) -> str:
-        return self.source.filename or self.source.default_filename()  # type: ignore[union-attr]
+        """The file's name in the cache (an http ``filename`` overrides the URL's last segment)."""
+        if isinstance(self.source, HttpSourceConfig) and self.source.filename:
+            return self.source.filename
+        return self.source.default_filename()
 
     @property
     def key(self) -> str:
