@@ -23,7 +23,7 @@ from flowmas.assets.manifest import AssetConfig, HttpSourceConfig, redact_url
 from flowmas.assets.progress import Progress
 from flowmas.assets.record import Fetched
 from flowmas.assets.streaming import HashingWriter
-from flowmas.assets.transport import ReadintoTransport
+from flowmas.assets.transport import ReadintoStream, ReadintoTransport
 from flowmas.errors import (
     AuthenticationError,
     DownloadError,
@@ -35,17 +35,27 @@ MAX_REDIRECTS = 10
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-def make_client(connect_timeout: float, read_timeout: float) -> httpx.Client:
-    """One client per manager; the readinto transport unless the environment asks for a proxy."""
-    timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
-    if urllib.request.getproxies():
-        return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=True)
-    return httpx.Client(timeout=timeout, follow_redirects=False, transport=ReadintoTransport())
-
-
 class HttpSource:
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
+    """Downloads through ``client``; bodies come through ``ReadintoTransport`` unless a proxy is configured.
+
+    Requests are built by the client (timeouts, headers) and handed to the transport directly, because the
+    client wraps response streams and would hide ``readinto``.
+    """
+
+    def __init__(self, connect_timeout: float, read_timeout: float) -> None:
+        timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self.transport = None if urllib.request.getproxies() else ReadintoTransport()
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=self.transport is None)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        if self.transport is not None:
+            return self.transport.handle_request(request)
+        return self.client.send(request, stream=True)
 
     def fetch(self, asset: AssetConfig, part: Path, headers: dict[str, str], progress: Progress) -> Fetched:
         source = asset.source
@@ -91,7 +101,7 @@ class HttpSource:
             if stream is not None:
                 try:
                     body = stream.stream
-                    if hasattr(body, "readinto"):
+                    if isinstance(body, ReadintoStream):
                         writer.fill_from(body, progress.advance)  # type: ignore[arg-type]
                     else:
                         for chunk in stream.iter_raw():
@@ -125,7 +135,7 @@ class HttpSource:
                 headers["Range"] = f"bytes={offset}-"
                 headers["If-Range"] = validator
             try:
-                response = self.client.send(self.client.build_request("GET", url, headers=headers), stream=True)
+                response = self._send(self.client.build_request("GET", url, headers=headers))
             except httpx.TransportError as exc:
                 raise TransientDownloadError(
                     f"Could not reach {redact_url(url)}: {type(exc).__name__}: {exc}", asset=asset.name

@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 from typing import Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict
 
 from flowmas.assets import auth
 from flowmas.assets.cache import AssetCache, CacheEntry, EntryState
-from flowmas.assets.http import HttpSource, make_client
+from flowmas.assets.http import HttpSource
 from flowmas.assets.hub import HubSource
 from flowmas.assets.local import LocalSource
 from flowmas.assets.manifest import AssetConfig, HttpSourceConfig, HubSourceConfig
@@ -90,7 +89,7 @@ class AssetManager:
         self.limits = UnpackLimits(
             max_total_bytes=self.settings.unpack_max_bytes, max_members=self.settings.unpack_max_members
         )
-        self._client: httpx.Client | None = None
+        self._http: HttpSource | None = None
         self._inflight: dict[tuple[int, str, bool], asyncio.Future[DownloadResult]] = {}
 
     # --- queries --------------------------------------------------------------------------------------
@@ -193,7 +192,7 @@ class AssetManager:
         try:
             if isinstance(asset.source, HttpSourceConfig):
                 headers = auth.http_headers(asset, self.secret_resolver)
-                return HttpSource(self._http()).fetch(asset, part, headers, progress)
+                return self._http_source().fetch(asset, part, headers, progress)
             if isinstance(asset.source, HubSourceConfig):
                 return HubSource().fetch(asset, part, auth.hub_token(asset, self.secret_resolver), progress)
             return LocalSource().fetch(asset, part, progress)
@@ -210,10 +209,10 @@ class AssetManager:
                 asset=asset.name, expected=asset.checksum, actual=actual, source=asset.describe_source()
             )
 
-    def _http(self) -> httpx.Client:
-        if self._client is None:
-            self._client = make_client(self.settings.http_connect_timeout, self.settings.http_read_timeout)
-        return self._client
+    def _http_source(self) -> HttpSource:
+        if self._http is None:
+            self._http = HttpSource(self.settings.http_connect_timeout, self.settings.http_read_timeout)
+        return self._http
 
     def _result(self, asset: AssetConfig, path: Path, fetched: bool, started: float) -> DownloadResult:
         size = path.stat().st_size if path.is_file() else 0
@@ -293,9 +292,9 @@ class AssetManager:
             self.cache.remove(entry.directory)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def __enter__(self) -> AssetManager:
         return self

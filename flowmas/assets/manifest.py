@@ -17,10 +17,11 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from flowmas.assets.unpack import ArchiveFormat
+
 SAFE_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 """Names, versions and types become directory names in the cache: no separators, no leading dot."""
 
-ArchiveFormat = Literal["zip", "tar", "tar.gz", "tar.bz2", "tar.xz"]
 ARCHIVE_SUFFIXES: dict[str, ArchiveFormat] = {
     ".zip": "zip",
     ".tar": "tar",

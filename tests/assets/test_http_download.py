@@ -275,3 +275,13 @@ def test_unreachable_server_is_transient(make_manager):
     manager = make_manager([http_asset("http://127.0.0.1:9/model.bin")])
     with pytest.raises(TransientDownloadError, match="Could not reach"):
         manager.download("model")
+
+
+def test_with_a_proxy_configured_httpx_own_transport_is_used(http_server, make_manager, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there: it must be bypassed
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    http_server.add("/model.bin", DATA)
+    http_server.script("/model.bin", drop_after(2**20))
+    manager = make_manager([http_asset(http_server.url_for("/model.bin"), retries=1)])
+    assert manager.download("model").path.read_bytes() == DATA
+    assert http_server.bytes_sent("/model.bin") == len(DATA)
