@@ -22,7 +22,7 @@ $(UV):
 
 $(STAMP): requirements.lock pyproject.toml | $(UV)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(UV) pip sync --quiet --python $(VENV)/bin/python --require-hashes requirements.lock
+	$(UV) pip sync --quiet --compile-bytecode --python $(VENV)/bin/python --require-hashes requirements.lock
 	$(UV) pip install --quiet --python $(VENV)/bin/python --no-deps -e .
 	touch $(STAMP)
 

@@ -13,8 +13,9 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 DEFAULT_BUFFER_SIZE = 4 * 2**20
 DEFAULT_BUFFERS = 6
@@ -27,8 +28,8 @@ class ReadInto(Protocol):
 class HashingWriter:
     """Append buffers to ``path`` while hashing them; ``close()`` fsyncs and returns the hex digest.
 
-    With ``resume=True`` the existing file is kept and its bytes are hashed first, so the digest covers
-    the whole file. Use as a context manager: leaving with an exception stops the threads and keeps what
+    With ``resume=prefix`` (from ``hash_prefix``, taken before the request that resumes) the file is
+    appended to and the digest covers the whole file. Use as a context manager: leaving with an exception stops the threads and keeps what
     was written (a resumable ``.part``), it never deletes.
     """
 
@@ -36,26 +37,24 @@ class HashingWriter:
         self,
         path: Path,
         *,
-        resume: bool = False,
+        resume: Prefix | None = None,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         buffers: int = DEFAULT_BUFFERS,
     ) -> None:
         self.path = path
         self.buffer_size = buffer_size
-        self._hash = hashlib.sha256()
+        self._hash = resume.digest.copy() if resume else hashlib.sha256()
         self._free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(buffers):
-            self._free.put(bytearray(buffer_size))
+        self._unallocated = buffers  # allocated on demand: small downloads never pay for the whole pool
         self._to_hash: queue.Queue[tuple[bytearray, memoryview] | None] = queue.Queue()
         self._to_write: queue.Queue[tuple[bytearray, memoryview] | None] = queue.Queue()
         self._pending: dict[int, int] = {}
         self._lock = threading.Lock()
         self._error: BaseException | None = None
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resume else os.O_TRUNC)
-        self._fd = os.open(path, flags, 0o644)
-        self.size = 0
-        if resume:
-            self.size = _hash_existing(path, self._hash)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self.size = resume.size if resume else 0
+        os.ftruncate(self._fd, self.size)  # drop any bytes written after the prefix was hashed
+        os.lseek(self._fd, self.size, os.SEEK_SET)
         self._threads = [
             threading.Thread(target=self._run, args=(self._to_hash, self._hash.update), daemon=True),
             threading.Thread(target=self._run, args=(self._to_write, self._write), daemon=True),
@@ -111,6 +110,9 @@ class HashingWriter:
     def _take_buffer(self) -> bytearray:
         if self._error is not None:
             raise self._error
+        if self._unallocated and self._free.empty():
+            self._unallocated -= 1
+            return bytearray(self.buffer_size)
         return self._free.get()
 
     def _submit(self, buffer: bytearray, view: memoryview) -> None:
@@ -155,13 +157,25 @@ class HashingWriter:
             os.close(self._fd)
 
 
-def _hash_existing(path: Path, digest: hashlib._Hash) -> int:  # type: ignore[name-defined]
+@dataclass(frozen=True)
+class Prefix:
+    """The sha256 state and length of the bytes already in a partial file."""
+
+    digest: Any
+    size: int
+
+
+def hash_prefix(path: Path) -> Prefix:
+    """Hash what a partial file holds, before asking the server for the rest (never while it waits)."""
+    digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as file:
-        while chunk := file.read(DEFAULT_BUFFER_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return size
+    with open(path, "rb", buffering=0) as file:
+        buffer = bytearray(DEFAULT_BUFFER_SIZE)
+        view = memoryview(buffer)
+        while n := file.readinto(buffer):
+            digest.update(view[:n])
+            size += n
+    return Prefix(digest, size)
 
 
 def sha256_file(path: Path, on_progress: Callable[[int], None] | None = None) -> str:

@@ -29,7 +29,8 @@ class ReadintoTransport(httpx.BaseTransport):
     """HTTP/1.1 over ``http.client`` with a small keep-alive pool, one idle connection per origin."""
 
     def __init__(self, *, verify: ssl.SSLContext | bool = True) -> None:
-        self._ssl = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = verify if isinstance(verify, ssl.SSLContext) else None
         self._idle: dict[_Origin, http.client.HTTPConnection] = {}
         self._lock = threading.Lock()
 
@@ -92,6 +93,8 @@ class ReadintoTransport(httpx.BaseTransport):
                 return conn, True
         scheme, host, port = origin
         if scheme == "https":
+            if self._ssl is None:  # loading the CA bundle costs tens of ms: only when https is used
+                self._ssl = httpx.create_ssl_context(verify=self._verify)
             return http.client.HTTPSConnection(host, port, timeout=connect_timeout, context=self._ssl), False
         return http.client.HTTPConnection(host, port, timeout=connect_timeout), False
 
