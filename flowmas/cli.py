@@ -181,18 +181,25 @@ def clear_cache(
 
 @app.command("up")
 def up(
-    host: Annotated[str, typer.Option(help="Interface of the local Prefect server.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the local Prefect server (0: a free one).")] = 4200,
     project: ProjectOption = None,
+    prefect_yaml: Annotated[Path | None, typer.Option(help="Deployments to serve (default: the repo's).")] = None,
+    host: Annotated[str, typer.Option(help="Address of the local Prefect server.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Its port (default 4200 if free, else any; 0: any).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None,
+    server_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 120.0,
 ) -> None:
     """Run flowmas: a local Prefect server (unless PREFECT_API_URL is set) serving every deployment."""
-    from flows.serve import run_up
+    from flows.serve import ServiceStartError, run_up
 
     try:
-        code = run_up(host=host, port=port, project_file=project)
+        run_up(project_file=project, prefect_yaml=prefect_yaml, host=host, port=port, limit=limit,
+               server_timeout=server_timeout)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C during start-up: whatever had started is stopped
     except ConfigurationError as exc:
         _fail(exc, 2)
-    raise typer.Exit(code or 0)
+    except ServiceStartError as exc:
+        _fail(exc, 1)
 
 
 if __name__ == "__main__":

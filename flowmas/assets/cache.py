@@ -176,6 +176,33 @@ class AssetCache:
         finally:
             thread_lock.release()
 
+    @contextmanager
+    def try_locked(self, key: str) -> Iterator[bool]:
+        """Hold the entry's lock only if it is free right now; yields False (holding nothing) when busy.
+
+        For housekeeping (cleanup) that must never wait for, or break, a running download.
+        """
+        path = self.lock_path(key)
+        with _process_locks_guard:
+            thread_lock = _process_locks.setdefault(str(path), threading.Lock())
+        if not thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file_lock = filelock.FileLock(path, thread_local=False)
+            try:
+                file_lock.acquire(timeout=0)
+            except filelock.Timeout:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                file_lock.release()
+        finally:
+            thread_lock.release()
+
     # --- publishing and removal -----------------------------------------------------------------------
 
     def publish(self, asset: AssetConfig, part: Path, fetched: Fetched, limits: UnpackLimits) -> Path:

@@ -1,0 +1,216 @@
+"""Cache housekeeping: decide what to evict (a pure plan), then evict without ever breaking a download.
+
+Why an entry is evicted, first matching reason wins:
+
+    damaged            its ``.asset_info.json`` cannot be read (nothing can trust or use it)
+    not declared       the project no longer declares its type/name/version
+    stale              the declaration changed since the download (a lookup would never return it)
+    unused             ``record.last_used_at`` is older than ``max_unused_days``
+    over size budget   what is left exceeds ``max_total_bytes``: least recently used first, until it fits
+
+Invariants: ``plan_cleanup`` reads no clock, and no disk beyond ``size_of`` (entries, declarations and
+``now`` go in), so every rule is tested directly. The executors take each entry's lock without waiting and skip what is
+busy, so a running download is never broken (the next cleanup gets it); an entry whose record changed
+between planning and eviction (someone used or re-downloaded it) is left alone. Prefect's result and
+cache-record files are removed by age only: Prefect never deletes them itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from flowmas.assets.cache import AssetCache, CacheEntry
+from flowmas.settings import Project
+
+Reason = Literal["damaged", "not declared", "stale", "unused", "over size budget"]
+
+_LEFTOVER = re.compile(
+    r"^\.(?:"
+    r"(?P<part>.+)\.[0-9a-f]{12}\.part(?:\.json(?:\.tmp)?)?"  # download in progress (+ http sidecar)
+    r"|(?P<moving>.+)\.(?:staging|trash)-[0-9a-f]{12}"  # entry being assembled / deleted
+    r"|\.(?P<unpack>.+)\.staging-[0-9a-f]{12}\.unpack-[0-9a-f]{32}"  # archive being unpacked into staging
+    r")$"
+)
+
+
+@dataclass(frozen=True)
+class Eviction:
+    entry: CacheEntry
+    reason: Reason
+    size: int
+
+    def describe(self) -> str:
+        record = self.entry.record
+        if self.reason in ("unused", "over size budget") and record is not None:
+            return f"{self.reason} (last used {record.last_used_at:%Y-%m-%d %H:%M} UTC)"
+        return self.reason
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    evicted: list[Eviction] = field(default_factory=list)
+    skipped: list[Eviction] = field(default_factory=list)
+    """Planned but left alone: the entry was busy (being downloaded) or changed since planning."""
+    leftovers: list[Path] = field(default_factory=list)
+    """Stale ``.part`` files, sidecars, staging and trash directories that were removed."""
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(e.size for e in self.evicted)
+
+
+def declared_identities(project: Project) -> dict[str, str]:
+    """``type/name/version`` -> identity hash of every asset the project declares."""
+    return {asset.key: asset.identity_hash() for asset in project.assets}
+
+
+def plan_cleanup(
+    entries: Iterable[CacheEntry],
+    declared: Mapping[str, str],
+    *,
+    now: datetime,
+    max_unused_days: float | None = None,
+    max_total_bytes: int | None = None,
+    size_of: Callable[[CacheEntry], int] = CacheEntry.size_on_disk,
+) -> list[Eviction]:
+    """What to evict and why; ``declared`` maps ``type/name/version`` to the declaration's identity hash."""
+    evictions: list[Eviction] = []
+    kept: list[tuple[CacheEntry, int]] = []
+    unused_before = now - timedelta(days=max_unused_days) if max_unused_days is not None else None
+    for entry in entries:
+        size = size_of(entry)
+        reason = _rule_reason(entry, declared, unused_before)
+        if reason is not None:
+            evictions.append(Eviction(entry, reason, size))
+        else:
+            kept.append((entry, size))
+    if max_total_bytes is not None:
+        total = sum(size for _, size in kept)
+        by_last_use = sorted(kept, key=lambda item: item[0].record.last_used_at)  # type: ignore[union-attr]
+        for entry, size in by_last_use:
+            if total <= max_total_bytes:
+                break
+            evictions.append(Eviction(entry, "over size budget", size))
+            total -= size
+    return evictions
+
+
+def _rule_reason(
+    entry: CacheEntry, declared: Mapping[str, str], unused_before: datetime | None
+) -> Reason | None:
+    record = entry.record
+    if record is None:
+        return "damaged"
+    if entry.key not in declared:
+        return "not declared"
+    if record.identity != declared[entry.key]:
+        return "stale"
+    if unused_before is not None and record.last_used_at < unused_before:
+        return "unused"
+    return None
+
+
+def evict(cache: AssetCache, evictions: Iterable[Eviction]) -> tuple[list[Eviction], list[Eviction]]:
+    """Remove planned entries, each under its lock taken without waiting; returns (evicted, skipped)."""
+    evicted: list[Eviction] = []
+    skipped: list[Eviction] = []
+    for eviction in evictions:
+        entry = eviction.entry
+        with cache.try_locked(entry.key) as held:
+            if held and cache.read_record(entry.directory) == entry.record and entry.directory.exists():
+                cache.remove(entry.directory)
+                evicted.append(eviction)
+            else:
+                skipped.append(eviction)
+    return evicted, skipped
+
+
+def remove_stale_parts(
+    cache: AssetCache, older_than: timedelta, *, now: datetime | None = None
+) -> list[Path]:
+    """Remove what interrupted downloads left (``.part`` files and friends) untouched for ``older_than``.
+
+    Each one is removed under its entry's lock taken without waiting, so the ``.part`` of a download that
+    is running (however slowly) is never deleted; names this module does not recognise are left alone.
+    """
+    cutoff = (now or datetime.now(UTC)).timestamp() - older_than.total_seconds()
+    removed: list[Path] = []
+    for path in sorted(cache.leftovers()):
+        match = _LEFTOVER.match(path.name)
+        if match is None:
+            continue
+        version = match.group("part") or match.group("moving") or match.group("unpack")
+        key = f"{path.parent.parent.name}/{path.parent.name}/{version}"
+        if not _older_than(path, cutoff):
+            continue
+        with cache.try_locked(key) as held:
+            if held and _older_than(path, cutoff):  # look again: the lock holder may just have written it
+                _remove(path)
+                removed.append(path)
+    return removed
+
+
+def remove_expired_files(
+    directory: Path, older_than: timedelta, *, now: datetime | None = None
+) -> list[Path]:
+    """Delete files under ``directory`` not modified for ``older_than`` (Prefect result/cache records).
+
+    Symlinks are never followed; directories left empty are removed, ``directory`` itself is kept.
+    """
+    if not directory.is_dir():
+        return []
+    cutoff = (now or datetime.now(UTC)).timestamp() - older_than.total_seconds()
+    removed: list[Path] = []
+    for root, dirs, files in os.walk(directory, topdown=False):
+        for name in files:
+            path = Path(root, name)
+            if not path.is_symlink() and _older_than(path, cutoff):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        for name in dirs:
+            sub = Path(root, name)
+            if not sub.is_symlink():
+                try:
+                    sub.rmdir()  # only succeeds when empty
+                except OSError:
+                    pass
+    return sorted(removed)
+
+
+def cleanup_cache(
+    cache: AssetCache,
+    project: Project,
+    *,
+    max_unused_days: float | None = None,
+    max_total_bytes: int | None = None,
+    part_max_age: timedelta | None = None,
+    now: datetime | None = None,
+) -> CleanupReport:
+    """Plan and evict, then remove stale leftovers: the one call the ``cleanup-cache`` flow makes."""
+    now = now or datetime.now(UTC)
+    plan = plan_cleanup(cache.entries(), declared_identities(project), now=now,
+                        max_unused_days=max_unused_days, max_total_bytes=max_total_bytes)
+    evicted, skipped = evict(cache, plan)
+    leftovers = remove_stale_parts(cache, part_max_age, now=now) if part_max_age is not None else []
+    return CleanupReport(evicted=evicted, skipped=skipped, leftovers=leftovers)
+
+
+def _older_than(path: Path, cutoff: float) -> bool:
+    try:
+        return path.lstat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Tests that run flows and tasks through a real Prefect API."""
