@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from flowmas.assets import auth
 from flowmas.assets.cache import AssetCache, CacheEntry, EntryState
+from flowmas.assets.cleanup import remove_stale_parts
 from flowmas.assets.http import HttpSource
 from flowmas.assets.hub import HubSource
 from flowmas.assets.local import LocalSource
@@ -282,8 +284,7 @@ class AssetManager:
         for entry in list(self.cache.entries()):
             self.remove_entry(entry)
             removed += 1
-        for leftover in list(self.cache.leftovers()):
-            _remove_path(leftover)
+        remove_stale_parts(self.cache, timedelta(0))  # under each entry's lock: a running download keeps its .part
         return removed
 
     def remove_entry(self, entry: CacheEntry) -> None:
@@ -302,11 +303,3 @@ class AssetManager:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _remove_path(path: Path) -> None:
-    import shutil
-
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -130,7 +130,7 @@ def test_clear_all_removes_undeclared_entries_and_leftovers(tmp_path, make_manag
     manager.download("w")
     stray = cache_dir / "model" / "old" / "1"
     stray.mkdir(parents=True)
-    (cache_dir / "model" / "w" / ".latest.abc.part").write_bytes(b"partial")
+    manager.cache.part_path(manager.asset("w")).write_bytes(b"partial")
     assert manager.clear_all() == 2
     assert [p for p in cache_dir.rglob("*") if p.is_file() and ".locks" not in p.parts] == []
 
