@@ -75,7 +75,7 @@ def _fail(exc: BaseException, code: int) -> typer.Exit:  # type: ignore[return]
 
 def _names(manager: AssetManager, names: list[str] | None) -> list[str]:
     try:
-        return [manager.asset(name).name for name in names] if names else [a.name for a in manager.project.assets]
+        return [asset.name for asset in manager.select(names or None)]
     except ConfigurationError as exc:
         _fail(exc, 2)
 

@@ -93,8 +93,7 @@ def download_assets(
     """Fetch the named assets (default: every declared one), ``max_concurrency`` at a time."""
     config = assets_config(project_file, cache_dir, block)
     with config.manager() as manager:
-        declared = [asset.name for asset in manager.project.assets]
-        assets = [manager.asset(name) for name in (declared if names is None else names)]
+        assets = manager.select(names)
         on_disk = {asset.name: manager.status(asset.name).status == "cached" for asset in assets}
         cache_root = str(manager.cache.root.resolve())
         max_delay = manager.settings.max_retry_delay_seconds
@@ -144,8 +143,7 @@ def verify_assets(
     """Re-hash cached assets; fails when any cached asset no longer matches its record or checksum."""
     config = assets_config(project_file, cache_dir, block)
     with config.manager() as manager:
-        declared = [asset.name for asset in manager.project.assets]
-        selected = [manager.asset(name).name for name in (declared if names is None else names)]
+        selected = [asset.name for asset in manager.select(names)]
         cache_root = str(manager.cache.root.resolve())
     with ThreadPoolTaskRunner(max_workers=max_concurrency or config.max_concurrency) as runner:
         futures = {name: runner.submit(verify_asset, {"name": name, "project_file": config.project_file,

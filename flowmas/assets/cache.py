@@ -18,7 +18,6 @@ on it, because nothing visible is ever half-written.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -315,6 +314,3 @@ def _fsync_dir(directory: Path) -> None:
     finally:
         os.close(fd)
 
-
-def record_json(record: AssetRecord) -> dict[str, object]:
-    return json.loads(record.model_dump_json())

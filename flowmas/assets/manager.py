@@ -99,6 +99,10 @@ class AssetManager:
     def asset(self, name: str) -> AssetConfig:
         return self.project.asset(name)
 
+    def select(self, names: list[str] | None = None) -> list[AssetConfig]:
+        """The named assets in the given order, or every declared one; an unknown name is an error."""
+        return [self.asset(name) for name in names] if names is not None else list(self.project.assets)
+
     def status(self, name: str) -> AssetStatus:
         asset = self.asset(name)
         state, record = self.cache.inspect(asset)

@@ -146,3 +146,14 @@ async def test_prefetch_fetches_an_agents_required_assets(tmp_path, make_manager
     paths = await manager.prefetch("reader")
     assert {name: p.read_bytes() for name, p in paths.items()} == {"a": b"a", "b": b"b"}
     assert manager.prefetch_sync("reader") == paths
+
+
+def test_select_keeps_the_given_order_defaults_to_all_and_rejects_unknown_names(tmp_path, make_manager):
+    from flowmas.errors import UnknownAssetError
+
+    manager = make_manager([{"name": "a", "source": {"type": "local", "path": "a.bin"}},
+                            {"name": "b", "source": {"type": "local", "path": "b.bin"}}])
+    assert [a.name for a in manager.select()] == ["a", "b"]
+    assert [a.name for a in manager.select(["b", "a"])] == ["b", "a"]
+    with pytest.raises(UnknownAssetError, match="Declared assets: a, b"):
+        manager.select(["a", "ghost"])
