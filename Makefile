@@ -5,13 +5,18 @@ UV := .tools/bin/uv
 VENV := .venv
 STAMP := $(VENV)/.synced
 
-.PHONY: up test bench lock clean
+.PHONY: up test check bench lock clean
 
 up: $(STAMP)
 	$(VENV)/bin/flowmas up
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# Lint and types, clean: .ci/run runs this before `make test`.
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/assets.py

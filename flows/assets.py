@@ -23,8 +23,8 @@ from flowmas.assets.manifest import AssetConfig
 from flowmas.errors import AssetError
 from tasks.assets import (
     AssetDownload,
-    clear_assets,
     cleanup_asset_cache,
+    clear_assets,
     for_asset,
     remove_expired_results,
     verify_asset,
@@ -121,7 +121,7 @@ def _download_row(asset: AssetConfig, state: State[AssetDownload]) -> dict[str, 
     if not state.is_completed():
         return row | {"status": "failed", "size": "", "bytes": 0, "seconds": None,
                       "detail": failure_detail(state)}
-    result: AssetDownload = state.result()  # type: ignore[assignment]
+    result: AssetDownload = state.result()
     fetched = result["fetched"] and state.name != "Cached"
     return row | {
         "status": "fetched" if fetched else "cached",

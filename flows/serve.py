@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -133,7 +134,7 @@ class PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
         env["PREFECT_HOME"] = str(self.home)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", self.host,
              "--port", str(self.port)],
@@ -173,10 +174,8 @@ class PrefectServer:
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)  # start_new_session made the server the leader of its own group
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def pick_port(host: str, port: int | None) -> int:
@@ -234,7 +233,7 @@ def to_runner_deployment(spec: DeploymentSpec, root: Path) -> Any:
     from prefect.schedules import Cron, Interval
 
     path, _, function = spec.entrypoint.rpartition(":")
-    flow = load_flow_from_entrypoint(f"{(root / path).resolve()}:{function}", use_placeholder_flow=False)
+    flow: Any = load_flow_from_entrypoint(f"{(root / path).resolve()}:{function}", use_placeholder_flow=False)
     schedules = []
     for entry in spec.schedules:
         options = {"timezone": entry.get("timezone"), "active": entry.get("active", True)}
@@ -316,10 +315,8 @@ def run_up(
             if ready is not None:
                 ready(UpInfo(api_url=api_url, ui_url=ui_url, deployments=names,
                              started_server=server is not None))
-            try:
+            with suppress(KeyboardInterrupt, TerminationSignal):
                 asyncio.run(runner.start())
-            except (KeyboardInterrupt, TerminationSignal):
-                pass
         print("flowmas up: stopped serving", flush=True)
 
     run_services(services, serve)

@@ -67,7 +67,7 @@ def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -
     """Prefect's ``retry_condition_fn``: retry only what ``flowmas.errors.is_transient`` says may pass."""
     try:
         state.result()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the condition decides on any failure
         return is_transient(exc)
     return False
 
@@ -117,7 +117,7 @@ class ProgressArtifact:
                     percent, key=self.key, description=f"Downloading {asset}", _sync=True)
             else:
                 update_progress_artifact(self.artifact_id, percent, _sync=True)  # type: ignore[call-arg]
-        except Exception as exc:  # progress is best effort
+        except Exception as exc:  # noqa: BLE001 - progress is best effort
             self.broken = True
             log.warning("Cannot report download progress of %s to Prefect: %s", asset, exc)
 

@@ -114,12 +114,12 @@ def test_missing_project_says_how_to_make_one(tmp_path, monkeypatch):
         ("  - name: m\n    unpack: true\n    source: {type: local, path: x.bin}", "needs 'unpack_format'"),
         ("  - name: m\n    source: {type: http, url: 'http://x/m'}\n    authentication: {http: {scheme: Bearer}}",
          "need 'http: {token_env_var"),
-        ("  - name: m\n    source: {type: http, url: 'http://x/m', progress_report: false}\n"
-         "    progress_report: true", "set both on the asset and in 'source'"),
+        (("  - name: m\n    source: {type: http, url: 'http://x/m', progress_report: false}\n"
+         "    progress_report: true"), "set both on the asset and in 'source'"),
         ("  - name: m\n    source: {type: local, path: x}\n    authentication: {hf: {}}",
          "local sources take no 'authentication'"),
-        ("  - name: m\n    source: {type: http, url: 'http://x/m'}\n"
-         "    authentication: {strategy: prefect_secret}", "needs 'block"),
+        (("  - name: m\n    source: {type: http, url: 'http://x/m'}\n"
+         "    authentication: {strategy: prefect_secret}"), "needs 'block"),
     ],
 )
 def test_mistakes_are_errors_naming_the_yaml_path(tmp_path, asset_yaml, expected):
@@ -173,5 +173,5 @@ def test_dotenv_beside_the_project_is_loaded(tmp_path, monkeypatch):
 
 def test_unknown_asset_name_lists_the_declared_ones(tmp_path):
     project = load_project(write(tmp_path, "name: p\nassets:\n  - {name: a, source: {type: local, path: x}}\n"))
-    with pytest.raises(UnknownAssetError, match="Unknown asset 'b'.*Declared assets: a"):
+    with pytest.raises(UnknownAssetError, match=r"Unknown asset 'b'.*Declared assets: a"):
         AssetManager(project, cache_dir=tmp_path / "c").asset("b")

@@ -36,7 +36,7 @@ def _secret(asset: AssetConfig, block: str, resolver: SecretResolver | None) -> 
         )
     try:
         value = resolver(block)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a resolver may fail any way; reported as a sentence
         raise AuthenticationError(
             f"Asset {asset.name!r}: could not load the Prefect Secret block {block!r} "
             f"({type(exc).__name__}); create it with `prefect block create secret` or fix the name.",

@@ -17,6 +17,7 @@ cache-record files are removed by age only: Prefect never deletes them itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -177,10 +178,8 @@ def remove_expired_files(
         for name in dirs:
             sub = Path(root, name)
             if not sub.is_symlink():
-                try:
+                with contextlib.suppress(OSError):
                     sub.rmdir()  # only succeeds when empty
-                except OSError:
-                    pass
     return sorted(removed)
 
 

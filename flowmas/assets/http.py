@@ -108,7 +108,7 @@ class HttpSource:
                 try:
                     body = stream.stream
                     if isinstance(body, ReadintoStream):
-                        writer.fill_from(body, progress.advance)  # type: ignore[arg-type]
+                        writer.fill_from(body, progress.advance)
                     else:
                         for chunk in stream.iter_raw():
                             writer.write(chunk)

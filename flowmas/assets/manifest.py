@@ -205,9 +205,9 @@ class AssetConfig(Strict):
         if auth is not None:
             if isinstance(self.source, LocalSourceConfig):
                 raise ValueError("local sources take no 'authentication'")
-            if isinstance(self.source, HttpSourceConfig) and auth.strategy == "env_token":
-                if auth.http is None or not auth.http.token_env_var:
-                    raise ValueError("http sources with strategy 'env_token' need 'http: {token_env_var: ...}'")
+            needs_env = isinstance(self.source, HttpSourceConfig) and auth.strategy == "env_token"
+            if needs_env and (auth.http is None or not auth.http.token_env_var):
+                raise ValueError("http sources with strategy 'env_token' need 'http: {token_env_var: ...}'")
         return self
 
     @property

@@ -19,7 +19,7 @@ class Backoff:
     def delay(self, attempt: int, error: BaseException | None = None, rng: random.Random | None = None) -> float:
         raw = min(self.cap, self.base * (2**attempt))
         spread = raw * self.jitter
-        delay = max(0.0, raw + (rng or random).uniform(-spread, spread))
+        delay: float = max(0.0, raw + (rng or random).uniform(-spread, spread))
         retry_after = error.retry_after if isinstance(error, TransientError) else None
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.cap * 5))

@@ -29,8 +29,8 @@ class HashingWriter:
     """Append buffers to ``path`` while hashing them; ``close()`` fsyncs and returns the hex digest.
 
     With ``resume=prefix`` (from ``hash_prefix``, taken before the request that resumes) the file is
-    appended to and the digest covers the whole file. Use as a context manager: leaving with an exception stops the threads and keeps what
-    was written (a resumable ``.part``), it never deletes.
+    appended to and the digest covers the whole file. Use as a context manager: leaving with an exception
+    stops the threads and keeps what was written (a resumable ``.part``), it never deletes.
     """
 
     def __init__(
@@ -132,7 +132,7 @@ class HashingWriter:
             try:
                 if self._error is None:
                     work(view)
-            except BaseException as exc:  # surfaced to the caller's thread by _take_buffer/close
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the caller's thread by _take_buffer/close
                 self._error = exc
             finally:
                 self._release(buffer)

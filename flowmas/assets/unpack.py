@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, Protocol
+from typing import IO, Any, BinaryIO, Literal, Protocol, cast
 
 from flowmas.errors import UnpackError, UnsafeArchiveError
 
@@ -236,7 +236,7 @@ class _Reader(Protocol):
 
 class _TarReader:
     def __init__(self, fileobj: BinaryIO, mode: str) -> None:
-        self._tar = tarfile.open(fileobj=fileobj, mode=mode)  # noqa: SIM115 - closed by close()
+        self._tar = tarfile.open(fileobj=fileobj, mode=mode)  # type: ignore[call-overload]  # noqa: SIM115
 
     def members(self) -> Iterator[_Member]:
         for info in self._tar:
@@ -257,7 +257,7 @@ class _TarReader:
         source = self._tar.extractfile(member.ref)
         if source is None:  # pragma: no cover - only regular members are opened
             raise tarfile.ReadError(f"member {member.name!r} has no data")
-        return source
+        return cast(IO[bytes], source)
 
     def finish(self) -> None:
         """Tarfile treats garbage or a missing end marker after a member as a clean end; we do not.

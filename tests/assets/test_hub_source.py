@@ -63,7 +63,7 @@ def test_gated_repo_without_access_is_an_authentication_error(hub, make_manager,
     hub.add_repo("acme/tiny", {"config.json": SMALL}, gated=True, tokens={"hf_good"})
     monkeypatch.setenv("MY_HF_TOKEN", "hf_wrong")
     manager = make_manager([{**hf_asset(), "authentication": {"hf": {"token_env_var": "MY_HF_TOKEN"}}}])
-    with pytest.raises(AuthenticationError, match="gated.*accept its terms"):
+    with pytest.raises(AuthenticationError, match=r"gated.*accept its terms"):
         manager.download("bert")
     assert manager.status("bert").status == "not_cached"
     assert not manager.cache.part_path(manager.asset("bert")).exists()

@@ -130,8 +130,8 @@ def test_waiting_for_another_process_times_out_with_a_clear_error(http_server, m
     lock_path = manager.cache.lock_path(manager.asset("model").key)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire(); "
-         "print('held', flush=True); time.sleep(60)", str(lock_path)],
+        [sys.executable, "-c", ("import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); l.acquire(); "
+         "print('held', flush=True); time.sleep(60)"), str(lock_path)],
         stdout=subprocess.PIPE, text=True,
     )
     try:

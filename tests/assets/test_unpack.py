@@ -168,7 +168,8 @@ def test_dot_slash_prefixed_single_file_is_normalised(lay: Layout, tmp_path: Pat
     archive = lay.archives / "m.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:  # like `tar -C src -czf m.tar.gz .`
         tar.add(src, arcname=".")
-    assert [m.name for m in tarfile.open(archive).getmembers()] == [".", "./model.onnx"]
+    with tarfile.open(archive) as tar:
+        assert [m.name for m in tar.getmembers()] == [".", "./model.onnx"]
 
     files = unpack_archive(archive, lay.dest, "tar.gz")
 

@@ -7,6 +7,7 @@ so those reads poll. Retry delays are 0 so retries cost nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -43,11 +44,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import State
 
 from blocks import FlowmasAssets, register_blocks
+from flowmas.assets.manager import AssetManager
+from flowmas.errors import ConfigurationError
+from flowmas.settings import load_project
 from flows.assets import cleanup_cache, clear_asset_cache, download_assets, verify_assets
 from flows.serve import PrefectServer, ServiceStartError, read_deployments, run_services
-from flowmas.errors import ConfigurationError
-from flowmas.assets.manager import AssetManager
-from flowmas.settings import load_project
 from tasks.assets import download_asset
 from tests.servers.http_files import FileServer, ok, status
 
@@ -360,8 +361,8 @@ def test_cleanup_cache_evicts_an_undeclared_entry_and_expired_result_files(
     assert cached_path(only_model) is not None
     assert not (results / "expired").exists() and (results / "recent").exists()
     rows = artifact_rows(client, state.state_details.flow_run_id, "cleanup-cache")
-    assert {"what": "model/old/v1", "action": "evicted", "reason": "not declared"} == {
-        k: v for k, v in rows[0].items() if k != "bytes"}
+    first = {k: v for k, v in rows[0].items() if k != "bytes"}
+    assert first == {"what": "model/old/v1", "action": "evicted", "reason": "not declared"}
     assert rows[-1]["action"] == "removed 1 files"
 
 
@@ -387,10 +388,8 @@ def test_a_saved_flowmas_assets_block_configures_the_flows(
 
 
 def test_prefect_yaml_deploys_with_prefect_deploy_all(prefect_server: str, client: SyncPrefectClient) -> None:
-    try:
+    with contextlib.suppress(ObjectAlreadyExists):
         client.create_work_pool(WorkPoolCreate(name="flowmas", type="process"))
-    except ObjectAlreadyExists:
-        pass
     env = os.environ | {"PREFECT_API_URL": prefect_server}
 
     done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],

@@ -219,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.owner._untrack(self.connection)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: object) -> None:
         """Silenced: test output must not be polluted by access logs."""
 
     def do_GET(self) -> None:
