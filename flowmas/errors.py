@@ -11,11 +11,15 @@ at the adapter that calls the third party. ``TransientError`` is a marker: "retr
     ├── AssetError
     │   ├── DownloadError                       a source could not deliver the asset
     │   │   ├── TransientDownloadError (TransientError)   network error, 5xx, 429: retried
-    │   │   ├── AuthenticationError (PermissionError)     401/403, gated repo, missing token
+    │   │   │   ├── DownloadTimeoutError (TimeoutError)   the download's deadline passed, or it crawled
+    │   │   │   └── SourceChangedError                    a local file changed while it was copied
+    │   │   ├── AuthenticationError (PermissionError)     401/403, gated repo, missing or malformed token
     │   │   └── SourceNotFoundError (FileNotFoundError)   404, unknown repo/revision/entry/path
-    │   ├── ChecksumMismatchError (ValueError)  the bytes do not match the declared sha256
+    │   ├── ChecksumMismatchError (ValueError)  the bytes do not match the declared (or the Hub's) sha256
     │   ├── UnsafeArchiveError                  an archive tries to escape, or is a bomb
     │   ├── UnpackError                         an archive is corrupt or of the wrong format
+    │   ├── DiskSpaceError (OSError)            not enough free space for the asset
+    │   ├── AssetCacheError (OSError)           the cache directory cannot be used (a file, no permission)
     │   ├── AssetNotCachedError (FileNotFoundError)
     │   ├── AssetVerificationError              a cached asset no longer matches its record
     │   └── LockTimeoutError (TimeoutError)     another process held the asset's lock too long
@@ -43,6 +47,10 @@ Messages say what happened and what to do next.
 
 from __future__ import annotations
 
+import difflib
+import errno
+from dataclasses import dataclass
+
 
 class FlowmasError(Exception):
     """Root of every error flowmas raises."""
@@ -66,8 +74,11 @@ class UnknownAssetError(ConfigurationError, LookupError):
 
     def __init__(self, name: str, known: list[str] | None = None) -> None:
         self.name = name
+        close = difflib.get_close_matches(name, known or [], n=1, cutoff=0.6)
+        guess = f" Did you mean {close[0]!r}?" if close else ""
         hint = f" Declared assets: {', '.join(sorted(known))}." if known else " The project declares no assets."
-        super().__init__(f"Unknown asset {name!r}: add it under 'assets:' in flowmas.yaml.{hint}")
+        shown = name if len(name) <= 60 else name[:59] + "…"
+        super().__init__(f"Unknown asset {shown!r}.{guess} Add it under 'assets:' in flowmas.yaml.{hint}")
 
     def __str__(self) -> str:  # LookupError would repr() the message otherwise
         return str(self.args[0])
@@ -107,6 +118,17 @@ class TransientDownloadError(DownloadError, TransientError):
         self.retry_after = retry_after
 
 
+class DownloadTimeoutError(TransientDownloadError, TimeoutError):
+    """The download's overall deadline passed, or the transfer stayed below the minimum speed.
+
+    The partial file is kept, so a retry (a new deadline) resumes where this one stopped.
+    """
+
+
+class SourceChangedError(TransientDownloadError):
+    """A local source file changed (size, mtime or inode) while it was being copied; nothing was published."""
+
+
 class AuthenticationError(DownloadError, PermissionError):
     """The source refused our credentials (401/403, gated repo), or a configured token is missing."""
 
@@ -140,6 +162,20 @@ class UnsafeArchiveError(AssetError):
 
 class UnpackError(AssetError):
     """An archive is corrupt or not of the declared format."""
+
+
+class DiskSpaceError(AssetError, OSError):
+    """There is not enough free space where the asset is written or unpacked."""
+
+    def __init__(self, message: str, *, asset: str | None = None) -> None:
+        AssetError.__init__(self, message, asset=asset)
+
+
+class AssetCacheError(AssetError, OSError):
+    """The asset cache directory cannot be used: it is a file, or flowmas may not write there."""
+
+    def __init__(self, message: str, *, asset: str | None = None) -> None:
+        AssetError.__init__(self, message, asset=asset)
 
 
 class AssetNotCachedError(AssetError, FileNotFoundError):
@@ -240,3 +276,74 @@ class ActionFailedError(OpacaError):
 def is_transient(exc: BaseException) -> bool:
     """True when retrying ``exc`` can help: the single rule every retry loop and Prefect task uses."""
     return isinstance(exc, TransientError)
+
+
+# --- every failure as a sentence ---------------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""An operation failed (a download, a verification): the message says which and why."""
+EXIT_USAGE = 2
+"""Bad usage or configuration: fix the command line, flowmas.yaml or a FLOWMAS_* variable."""
+EXIT_DECLINED = 3
+"""The user declined a confirmation prompt; nothing was changed."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT), as shells report it."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a user is told about a failure, and the exit code a command ends with."""
+
+    message: str
+    exit_code: int
+    expected: bool = True
+    """False for a failure flowmas did not anticipate (a bug): the traceback belongs in the debug log."""
+
+
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "no space left on the device: free some space, or move the asset cache (FLOWMAS_ASSETS_DIR)",
+    errno.EDQUOT: "the disk quota is exhausted: free some space, or move the asset cache (FLOWMAS_ASSETS_DIR)",
+    errno.EACCES: "permission denied: fix the permissions, or point FLOWMAS_ASSETS_DIR / FLOWMAS_HOME elsewhere",
+    errno.EPERM: "operation not permitted: fix the permissions, or point FLOWMAS_ASSETS_DIR elsewhere",
+    errno.EROFS: "the file system is read-only: point FLOWMAS_ASSETS_DIR / FLOWMAS_HOME at a writable place",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: move that file away or choose another path",
+    errno.ENAMETOOLONG: "the file name is too long for the file system: choose a shorter name",
+    errno.EMFILE: "the process has too many open files: raise `ulimit -n` or lower the concurrency",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """An ``OSError`` as a sentence: what failed, on which path, and what to do."""
+    text = _OS_ERROR_HINTS.get(exc.errno or -1) or exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename:
+        return f"{exc.filename}: {text}."
+    return f"{text[0].upper()}{text[1:]}."
+
+
+def explain(exc: BaseException) -> Explanation:
+    """The one place a failure becomes a message and an exit code (the CLI, flow tables and, later, HTTP bodies).
+
+    Flowmas errors already say what happened and what to do; an ``OSError`` is described by its errno;
+    anything else is a bug, said as such, with no text that could carry a header value.
+    """
+    if isinstance(exc, ConfigurationError):
+        return Explanation(str(exc), EXIT_USAGE)
+    if isinstance(exc, FlowmasError):
+        return Explanation(str(exc), EXIT_FAILED)
+    if isinstance(exc, KeyboardInterrupt):
+        return Explanation("Interrupted.", EXIT_INTERRUPTED)
+    if isinstance(exc, OSError):
+        return Explanation(describe_os_error(exc), EXIT_FAILED)
+    if isinstance(exc, MemoryError):
+        return Explanation("Out of memory: lower the concurrency or free memory and try again.", EXIT_FAILED)
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    if "header" in text.lower():  # e.g. "Illegal header value b'Bearer …'": never echo it
+        text = ""
+    detail = f": {text}" if text else ""
+    return Explanation(
+        f"Unexpected {type(exc).__name__}{detail}. This is a bug in flowmas: run the command again with -v "
+        "for the traceback and report it.",
+        EXIT_FAILED,
+        expected=False,
+    )

@@ -10,41 +10,80 @@ project file (relative to the project's directory), ``$FLOWMAS_HOME/assets`` (``
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flowmas.assets.manifest import AssetConfig
+from flowmas.assets.manifest import AssetConfig, shorten
+from flowmas.assets.record import ProjectRef
 from flowmas.errors import ConfigurationError, UnknownAssetError
 
 PROJECT_FILENAMES = ("flowmas.yaml", "flowmas.yml", "openmas_project.yml", "openmas_project.yaml")
 
 
+DAY = 86_400.0
+
+
+def _seconds(default: float, *, most: float = 30 * DAY, least: float = 0.0) -> Any:
+    """A duration setting: finite, positive, bounded (1e308 seconds is a typo, not a timeout)."""
+    return Field(default=default, gt=least, le=most, allow_inf_nan=False)
+
+
 class FlowmasSettings(BaseSettings):
-    """Process-wide settings, read from ``FLOWMAS_*`` environment variables when constructed."""
+    """Process-wide settings, read from ``FLOWMAS_*`` environment variables when constructed.
+
+    Every value is bounded: an absurd one (``FLOWMAS_UNPACK_MAX_BYTES=lots``, a timeout of ``1e308``) is a
+    ``ConfigurationError`` that names the variable, raised by the constructor itself.
+    """
 
     model_config = SettingsConfigDict(env_prefix="FLOWMAS_", extra="ignore")
 
     home: Path = Path("~/.flowmas")
     project: Path | None = None
     assets_dir: Path | None = None
-    lock_timeout_seconds: float = Field(default=3600.0, gt=0)
+    lock_timeout_seconds: float = _seconds(3600.0)
     """How long to wait for another process that is downloading the same asset."""
-    lock_log_interval_seconds: float = Field(default=5.0, gt=0)
-    unpack_max_bytes: int = Field(default=64 * 2**30, gt=0)
-    unpack_max_members: int = Field(default=200_000, gt=0)
-    http_connect_timeout: float = Field(default=15.0, gt=0)
-    http_read_timeout: float = Field(default=60.0, gt=0)
-    max_retry_delay_seconds: float = Field(default=60.0, gt=0)
+    lock_log_interval_seconds: float = _seconds(5.0, most=DAY)
+    unpack_max_bytes: int = Field(default=64 * 2**30, gt=0, le=2**60)
+    unpack_max_members: int = Field(default=200_000, gt=0, le=100_000_000)
+    unpack_max_ratio: float = Field(default=100.0, ge=1, le=1_000_000, allow_inf_nan=False)
+    """Largest unpacked/compressed size ratio of an archive: what tells a bomb from an archive."""
+    http_connect_timeout: float = _seconds(15.0, most=DAY)
+    http_read_timeout: float = _seconds(60.0, most=DAY)
+    http_min_speed: float = Field(default=1024.0, ge=0, le=2**40, allow_inf_nan=False)
+    """Bytes per second below which a transfer is ended (and resumed later); 0 switches it off."""
+    http_min_speed_window_seconds: float = _seconds(60.0, most=DAY)
+    download_deadline_seconds: float = _seconds(DAY)
+    """The longest one download may take, every attempt and pause included."""
+    max_retry_delay_seconds: float = _seconds(60.0, most=DAY)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigurationError(format_settings_error(exc)) from None
 
     @field_validator("home", "project", "assets_dir")
     @classmethod
     def _expand(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path is not None else None
+
+
+def format_settings_error(exc: ValidationError) -> str:
+    """One line per bad ``FLOWMAS_*`` variable, naming it and the accepted values (never echoing secrets)."""
+    lines = ["Invalid flowmas settings (environment):"]
+    for error in exc.errors(include_url=False):
+        name = "FLOWMAS_" + "_".join(str(part) for part in error["loc"]).upper()
+        given = error.get("input")
+        shown = f" (got {shorten(str(given), 40)!r})" if isinstance(given, (str, int, float)) else ""
+        lines.append(f"  {name}{shown}: {error['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
 
 
 class _Strict(BaseModel):
@@ -103,11 +142,16 @@ class Project(_Strict):
     @model_validator(mode="after")
     def _references_resolve(self) -> Project:
         names = [asset.name for asset in self.assets]
-        seen: set[tuple[str, str]] = set()
+        seen: dict[str, AssetConfig] = {}
         for asset in self.assets:
-            if (asset.name, asset.version) in seen:
-                raise ValueError(f"asset {asset.name!r} version {asset.version!r} is declared twice")
-            seen.add((asset.name, asset.version))
+            if (first := seen.get(asset.name)) is not None:
+                versions = (f"versions {first.version!r} and {asset.version!r}" if first.version != asset.version
+                            else f"version {asset.version!r}")
+                raise ValueError(
+                    f"asset {asset.name!r} is declared twice ({versions}); names address assets (in the CLI, "
+                    f"get_asset_path and required_assets), so give each declaration its own name, "
+                    f"e.g. '{asset.name}-{asset.version}'")
+            seen[asset.name] = asset
         for agent_name, agent in self.agents.items():
             for required in agent.required_assets:
                 if required not in names:
@@ -121,6 +165,11 @@ class Project(_Strict):
             if asset.name == name:
                 return asset
         raise UnknownAssetError(name, [a.name for a in self.assets])
+
+    @property
+    def ref(self) -> ProjectRef:
+        """Who owns the cache entries this project fetches (its file, else its name)."""
+        return ProjectRef(name=self.name, file=str(self.path) if self.path else None)
 
     def agent(self, name: str) -> AgentEntry:
         try:
@@ -159,12 +208,14 @@ def load_project(path: Path | str | None = None, *, settings: FlowmasSettings | 
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigurationError(f"Cannot read project file {file}: {exc.strerror or exc}") from exc
+        raise ConfigurationError(f"Cannot read project file {file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{file} is not UTF-8 text (byte {exc.start} cannot be decoded).") from None
     load_dotenv(file.parent / ".env", override=False)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{file} is not valid YAML: {exc}") from exc
+        raise ConfigurationError(f"{file} is not valid YAML: {exc}") from None
     return project_from_dict(data, base_dir=file.parent, source=str(file))
 
 
@@ -185,12 +236,62 @@ def format_validation_error(exc: ValidationError, data: Any, source: str) -> str
     for error in exc.errors(include_url=False):
         where = yaml_path(error["loc"], data)
         if error["type"] == "extra_forbidden":
-            lines.append(f"  {where}: unknown key {str(error['loc'][-1])!r}")
+            key = str(error["loc"][-1])
+            lines.append(f"  {where}: unknown key {shorten(key, 40)!r}{did_you_mean(key, allowed_keys(error['loc']))}")
         elif error["type"] == "missing":
             lines.append(f"  {where}: required key is missing")
         else:
             lines.append(f"  {where}: {error['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
+
+
+def did_you_mean(given: str, known: list[str]) -> str:
+    """``" (did you mean 'x'?)"``, or the list of what is known when nothing is close."""
+    close = difflib.get_close_matches(given, known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f"; known here: {', '.join(sorted(known))}" if known else ""
+
+
+def allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys a project file may have at ``loc[:-1]``, read from the models (for 'did you mean')."""
+    node: Any = Project
+    for part in loc[:-1]:
+        node = _step_into(node, part)
+        if node is None:
+            return []
+    model = _unwrap(node)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [info.alias or name for name, info in model.model_fields.items() if not info.exclude]
+
+
+def _unwrap(annotation: Any) -> Any:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _step_into(annotation: Any, part: Any) -> Any:
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        fields = annotation.model_fields
+        info = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+        return info.annotation if info is not None else None
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (list, tuple) and isinstance(part, int) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    if origin in (Union, UnionType):
+        members = [_unwrap(a) for a in args if a is not type(None)]
+        for member in members:  # a discriminated union's tag (pydantic puts it in the location)
+            tagged = isinstance(member, type) and issubclass(member, BaseModel) and "type" in member.model_fields
+            if tagged and part in get_args(member.model_fields["type"].annotation):
+                return member
+        if len(members) == 1:
+            return _step_into(members[0], part)
+    return None
 
 
 def yaml_path(loc: tuple[Any, ...], data: Any) -> str:

@@ -107,7 +107,24 @@ def test_missing_project_says_how_to_make_one(tmp_path, monkeypatch):
          "assets[0] (m).source.tokn: unknown key 'tokn'"),
         ("  - name: m\n    chekcsum: abc\n    source: {type: local, path: x}",
          "assets[0] (m).chekcsum: unknown key 'chekcsum'"),
-        ("  - name: m\n    source: {type: hf, repo_id: a/b}", "hf sources need 'filename'"),
+        ("  - name: m\n    checksum: 'sha256:%s'\n    source: {type: hf, repo_id: a/b}" % ("0" * 64),
+         "a Hub snapshot (no 'filename') is a directory"),
+        ("  - name: m\n    source: {type: hf, repo_id: a/b, filename: x, allow_patterns: ['*.json']}",
+         "select files of a snapshot"),
+        ("  - name: m\n    chekcsum: abc\n    source: {type: local, path: x}", "(did you mean 'checksum'?)"),
+        ("  - name: m\n    source: {type: http, url: 'http://x/m', tokn: 1}", "known here: authentication,"),
+        ("  - name: m\n    retries: 1100\n    source: {type: local, path: x}", "assets[0] (m).retries"),
+        ("  - name: m\n    progress_report_interval_mb: 1e308\n    source: {type: local, path: x}",
+         "assets[0] (m).progress_report_interval_mb"),
+        ("  - name: m\n    source: {type: http, url: 'http://x/a%00b'}", "contains a control character"),
+        ("  - name: m\n    source: {type: http, url: 'http://x/%s'}" % ("a" * 300), "longer than the 255 bytes"),
+        ("  - name: m\n    source: {type: http, url: 'http://x/dir/'}", "set 'source.filename'"),
+        ("  - name: m\n    source: {type: http, url: 'http://x/a b'}", "space or control character"),
+        ("  - name: m\n    source: {type: http, url: 'http://x:99999/a'}", "not a valid URL"),
+        ("  - name: m\n    source: {type: http, url: 'http://x/m'}\n    authentication: {http: "
+         "{token_env_var: T, header_name: 'X Bad'}}", "header_name"),
+        ("  - {name: m, version: '1', source: {type: local, path: x}}\n"
+         "  - {name: m, version: '2', source: {type: local, path: x}}", "asset 'm' is declared twice"),
         ("  - name: m\n    checksum: md5:abc\n    source: {type: local, path: x}", "assets[0] (m).checksum"),
         ("  - name: m\n    source: {type: ftp, url: x}", "assets[0] (m).source"),
         ("  - name: ../evil\n    source: {type: local, path: x}", "assets[0] (../evil).name"),
@@ -175,3 +192,21 @@ def test_unknown_asset_name_lists_the_declared_ones(tmp_path):
     project = load_project(write(tmp_path, "name: p\nassets:\n  - {name: a, source: {type: local, path: x}}\n"))
     with pytest.raises(UnknownAssetError, match=r"Unknown asset 'b'.*Declared assets: a"):
         AssetManager(project, cache_dir=tmp_path / "c").asset("b")
+
+
+@pytest.mark.parametrize(
+    "variable, value, expected",
+    [
+        ("FLOWMAS_UNPACK_MAX_BYTES", "lots", "FLOWMAS_UNPACK_MAX_BYTES (got 'lots'): Input should be a valid integer"),
+        ("FLOWMAS_HTTP_READ_TIMEOUT", "1e308", "FLOWMAS_HTTP_READ_TIMEOUT (got '1e308'): Input should be less than"),
+        ("FLOWMAS_LOCK_TIMEOUT_SECONDS", "inf", "FLOWMAS_LOCK_TIMEOUT_SECONDS (got 'inf')"),
+        ("FLOWMAS_UNPACK_MAX_RATIO", "0.5", "FLOWMAS_UNPACK_MAX_RATIO (got '0.5'): Input should be greater than"),
+        ("FLOWMAS_DOWNLOAD_DEADLINE_SECONDS", "-1", "FLOWMAS_DOWNLOAD_DEADLINE_SECONDS (got '-1')"),
+    ],
+)
+def test_absurd_settings_are_configuration_errors_naming_the_variable(monkeypatch, variable, value, expected):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as info:
+        FlowmasSettings()
+    assert expected in str(info.value)
+    assert "Traceback" not in str(info.value) and "pydantic" not in str(info.value)

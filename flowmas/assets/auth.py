@@ -1,7 +1,10 @@
 """Turn an asset's ``authentication`` into request credentials, before any request is made.
 
 Tokens live only in the returned headers or token string: never in logs, errors, metadata or Prefect
-parameters. ``prefect_secret`` is resolved through a ``SecretResolver`` (block name -> value): the core
+parameters. They are checked when read: a token that is not printable ASCII (a ``.env`` line ending in
+CR/LF, a pasted non-breaking space) would be refused by the HTTP library with an error that quotes the
+header, so it is refused here first, naming where it came from and the position of the bad character,
+never the value. ``prefect_secret`` is resolved through a ``SecretResolver`` (block name -> value): the core
 does not import Prefect, so the resolver is passed in, or found through the ``flowmas.secret_resolvers``
 entry point that the ``blocks`` package registers.
 """
@@ -44,19 +47,40 @@ def _secret(asset: AssetConfig, block: str, resolver: SecretResolver | None) -> 
         ) from None
     if not value:
         raise AuthenticationError(f"Asset {asset.name!r}: the Secret block {block!r} is empty.", asset=asset.name)
-    return value
+    return checked_token(value, f"the Prefect Secret block {block!r}", asset.name)
 
 
 def _env_token(asset: AssetConfig, names: tuple[str, ...]) -> str:
     for name in names:
         if value := os.environ.get(name):
-            return value
+            return checked_token(value, f"${name}", asset.name)
     shown = " or ".join(f"${n}" for n in names)
     raise AuthenticationError(
         f"Asset {asset.name!r} is configured to send a token from {shown}, which is not set; "
         "export it (or put it in the project's .env) and try again.",
         asset=asset.name,
     )
+
+
+def checked_token(value: str, source: str, asset: str) -> str:
+    """``value`` if it can travel in an HTTP header, else an ``AuthenticationError`` that never shows it."""
+    for index, char in enumerate(value):
+        code = ord(char)
+        if char in "\r\n":
+            problem = "a line break (CR or LF)"
+        elif code < 0x20 or code == 0x7F:
+            problem = "a control character"
+        elif code > 0x7E:
+            problem = "a non-ASCII character"
+        elif char in " \t" and (index == 0 or index == len(value) - 1):
+            problem = "leading or trailing whitespace"
+        else:
+            continue
+        raise AuthenticationError(
+            f"Asset {asset!r}: the token in {source} has {problem} at position {index + 1} of {len(value)}; "
+            "a token must be printable ASCII (a .env file with CR/LF line endings is a common cause). Fix the "
+            "value; nothing was sent.", asset=asset)
+    return value
 
 
 def http_headers(asset: AssetConfig, resolver: SecretResolver | None = None) -> dict[str, str]:

@@ -1,25 +1,26 @@
 """Cache housekeeping: decide what to evict (a pure plan), then evict without ever breaking a download.
 
-Why an entry is evicted, first matching reason wins:
+A cache may be shared by several projects (the default one is). Every entry records the project that
+fetched it, and a project judges declarations only for its own entries: another project's asset is never
+"not declared" or "stale" here. Why an entry is evicted, first matching reason wins:
 
-    damaged            its ``.asset_info.json`` cannot be read (nothing can trust or use it)
-    not declared       the project no longer declares its type/name/version
-    stale              the declaration changed since the download (a lookup would never return it)
-    unused             ``record.last_used_at`` is older than ``max_unused_days``
-    over size budget   what is left exceeds ``max_total_bytes``: least recently used first, until it fits
+    damaged            its ``record.json`` cannot be read (nothing can trust or use it)     any entry
+    not declared       this project no longer declares its type/name/version               own entries
+    stale              this project's declaration changed since the download               own entries
+    unused             not used (record.json's mtime) for longer than ``max_unused_days``  any entry
+    over size budget   what is left exceeds ``max_total_bytes``: least recently used first  any entry
 
 Invariants: ``plan_cleanup`` reads no clock, and no disk beyond ``size_of`` (entries, declarations and
-``now`` go in), so every rule is tested directly. The executors take each entry's lock without waiting and skip what is
-busy, so a running download is never broken (the next cleanup gets it); an entry whose record changed
-between planning and eviction (someone used or re-downloaded it) is left alone. Prefect's result and
-cache-record files are removed by age only: Prefect never deletes them itself.
+``now`` go in), so every rule is tested directly. The executors take each entry's lock without waiting
+and skip what is busy, so a running download is never broken (the next cleanup gets it); an entry whose
+record or last use changed between planning and eviction (someone used or re-downloaded it) is left
+alone. Prefect's result and cache-record files are removed by age only: Prefect never deletes them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,17 +29,10 @@ from pathlib import Path
 from typing import Literal
 
 from flowmas.assets.cache import AssetCache, CacheEntry
+from flowmas.assets.record import ProjectRef
 from flowmas.settings import Project
 
 Reason = Literal["damaged", "not declared", "stale", "unused", "over size budget"]
-
-_LEFTOVER = re.compile(
-    r"^\.(?:"
-    r"(?P<part>.+)\.[0-9a-f]{12}\.part(?:\.json(?:\.tmp)?)?"  # download in progress (+ http sidecar)
-    r"|(?P<moving>.+)\.(?:staging|trash)-[0-9a-f]{12}"  # entry being assembled / deleted
-    r"|\.(?P<unpack>.+)\.staging-[0-9a-f]{12}\.unpack-[0-9a-f]{32}"  # archive being unpacked into staging
-    r")$"
-)
 
 
 @dataclass(frozen=True)
@@ -48,9 +42,8 @@ class Eviction:
     size: int
 
     def describe(self) -> str:
-        record = self.entry.record
-        if self.reason in ("unused", "over size budget") and record is not None:
-            return f"{self.reason} (last used {record.last_used_at:%Y-%m-%d %H:%M} UTC)"
+        if self.reason in ("unused", "over size budget"):
+            return f"{self.reason} (last used {self.entry.last_used:%Y-%m-%d %H:%M} UTC)"
         return self.reason
 
 
@@ -76,25 +69,26 @@ def plan_cleanup(
     entries: Iterable[CacheEntry],
     declared: Mapping[str, str],
     *,
+    project: ProjectRef,
     now: datetime,
     max_unused_days: float | None = None,
     max_total_bytes: int | None = None,
     size_of: Callable[[CacheEntry], int] = CacheEntry.size_on_disk,
 ) -> list[Eviction]:
-    """What to evict and why; ``declared`` maps ``type/name/version`` to the declaration's identity hash."""
+    """What to evict and why; ``declared`` maps ``type/name/version`` to ``project``'s declaration hashes."""
     evictions: list[Eviction] = []
     kept: list[tuple[CacheEntry, int]] = []
     unused_before = now - timedelta(days=max_unused_days) if max_unused_days is not None else None
     for entry in entries:
         size = size_of(entry)
-        reason = _rule_reason(entry, declared, unused_before)
+        reason = _rule_reason(entry, declared, project, unused_before)
         if reason is not None:
             evictions.append(Eviction(entry, reason, size))
         else:
             kept.append((entry, size))
     if max_total_bytes is not None:
         total = sum(size for _, size in kept)
-        by_last_use = sorted(kept, key=lambda item: item[0].record.last_used_at)  # type: ignore[union-attr]
+        by_last_use = sorted(kept, key=lambda item: item[0].last_used)
         for entry, size in by_last_use:
             if total <= max_total_bytes:
                 break
@@ -104,16 +98,17 @@ def plan_cleanup(
 
 
 def _rule_reason(
-    entry: CacheEntry, declared: Mapping[str, str], unused_before: datetime | None
+    entry: CacheEntry, declared: Mapping[str, str], project: ProjectRef, unused_before: datetime | None
 ) -> Reason | None:
     record = entry.record
     if record is None:
         return "damaged"
-    if entry.key not in declared:
-        return "not declared"
-    if record.identity != declared[entry.key]:
-        return "stale"
-    if unused_before is not None and record.last_used_at < unused_before:
+    if project.owns(record.project):
+        if entry.key not in declared:
+            return "not declared"
+        if record.identity != declared[entry.key]:
+            return "stale"
+    if unused_before is not None and entry.last_used < unused_before:
         return "unused"
     return None
 
@@ -125,7 +120,7 @@ def evict(cache: AssetCache, evictions: Iterable[Eviction]) -> tuple[list[Evicti
     for eviction in evictions:
         entry = eviction.entry
         with cache.try_locked(entry.key) as held:
-            if held and cache.read_record(entry.directory) == entry.record and entry.directory.exists():
+            if held and _unchanged(cache, entry):
                 cache.remove(entry.directory)
                 evicted.append(eviction)
             else:
@@ -133,28 +128,37 @@ def evict(cache: AssetCache, evictions: Iterable[Eviction]) -> tuple[list[Evicti
     return evicted, skipped
 
 
+def _unchanged(cache: AssetCache, entry: CacheEntry) -> bool:
+    """The entry is as planned: same record, not used since (a hit touches record.json)."""
+    if not entry.directory.exists():
+        return False
+    current = cache.entry_at(entry.directory)
+    return current.record == entry.record and current.last_used == entry.last_used
+
+
 def remove_stale_parts(
     cache: AssetCache, older_than: timedelta, *, now: datetime | None = None
 ) -> list[Path]:
-    """Remove what interrupted downloads left (``.part`` files and friends) untouched for ``older_than``.
+    """Remove what interrupted runs left in ``.work`` (``.part`` files, staging, trash) untouched for ``older_than``.
 
-    Each one is removed under its entry's lock taken without waiting, so the ``.part`` of a download that
-    is running (however slowly) is never deleted; names this module does not recognise are left alone.
+    Each is removed under its entry's lock taken without waiting, so the ``.part`` of a download that is
+    running (however slowly) is never deleted.
     """
     cutoff = (now or datetime.now(UTC)).timestamp() - older_than.total_seconds()
     removed: list[Path] = []
-    for path in sorted(cache.leftovers()):
-        match = _LEFTOVER.match(path.name)
-        if match is None:
-            continue
-        version = match.group("part") or match.group("moving") or match.group("unpack")
-        key = f"{path.parent.parent.name}/{path.parent.name}/{version}"
-        if not _older_than(path, cutoff):
+    for key, work in list(cache.work_dirs()):
+        stale = [path for path in sorted(work.iterdir()) if _older_than(path, cutoff)]
+        if not stale:
             continue
         with cache.try_locked(key) as held:
-            if held and _older_than(path, cutoff):  # look again: the lock holder may just have written it
-                _remove(path)
-                removed.append(path)
+            if not held:
+                continue
+            for path in stale:
+                if _older_than(path, cutoff):  # look again: the lock holder may just have written it
+                    _remove(path)
+                    removed.append(path)
+            with contextlib.suppress(OSError):
+                work.rmdir()
     return removed
 
 
@@ -194,7 +198,7 @@ def cleanup_cache(
 ) -> CleanupReport:
     """Plan and evict, then remove stale leftovers: the one call the ``cleanup-cache`` flow makes."""
     now = now or datetime.now(UTC)
-    plan = plan_cleanup(cache.entries(), declared_identities(project), now=now,
+    plan = plan_cleanup(cache.entries(), declared_identities(project), project=project.ref, now=now,
                         max_unused_days=max_unused_days, max_total_bytes=max_total_bytes)
     evicted, skipped = evict(cache, plan)
     leftovers = remove_stale_parts(cache, part_max_age, now=now) if part_max_age is not None else []

@@ -1,25 +1,28 @@
 """``AssetManager``: the one entry point to declared assets, for agents, the CLI and the Prefect tasks.
 
 A request goes: fast hit (no lock, no hash) -> in-flight coalescing (coroutines of one event loop share
-one download) -> the entry's lock (threads, then processes) -> a second look, which is how waiters get
-the winner's file -> fetch into the ``.part`` with retries -> verify -> publish.
+one download) -> the entry's lock (threads, then processes) -> sweep what killed runs left in the entry's
+``.work`` -> a second look, which is how waiters get the winner's file -> fetch into the ``.part`` with
+retries, under one deadline -> verify -> publish. Every failure leaves the cache as it was (plus, for a
+transient one, a ``.part`` the next attempt resumes) and is raised as a ``FlowmasError`` that names the
+asset: an ``OSError`` of the cache (a full disk, a read-only directory) included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from flowmas.assets import auth
-from flowmas.assets.cache import AssetCache, CacheEntry, EntryState
-from flowmas.assets.cleanup import remove_stale_parts
-from flowmas.assets.http import HttpSource
+from flowmas.assets.cache import AssetCache, CacheEntry, EntryState, make_work
+from flowmas.assets.deadline import Deadline
+from flowmas.assets.http import HttpSource, Limits
 from flowmas.assets.hub import HubSource
 from flowmas.assets.local import LocalSource
 from flowmas.assets.manifest import AssetConfig, HttpSourceConfig, HubSourceConfig
@@ -28,7 +31,19 @@ from flowmas.assets.record import Fetched
 from flowmas.assets.retry import Backoff
 from flowmas.assets.streaming import sha256_file
 from flowmas.assets.unpack import UnpackLimits
-from flowmas.errors import AssetNotCachedError, ChecksumMismatchError, TransientError, UnsafeArchiveError
+from flowmas.errors import (
+    AssetCacheError,
+    AssetError,
+    AssetNotCachedError,
+    ChecksumMismatchError,
+    DiskSpaceError,
+    DownloadTimeoutError,
+    FlowmasError,
+    TransientError,
+    UnpackError,
+    UnsafeArchiveError,
+    describe_os_error,
+)
 from flowmas.settings import FlowmasSettings, Project, assets_cache_dir, load_project
 
 log = logging.getLogger("flowmas.assets")
@@ -61,7 +76,7 @@ class DownloadResult(_Model):
 
 class VerifyResult(_Model):
     name: str
-    status: Literal["verified", "not_cached", "stale", "failed"]
+    status: Literal["verified", "not cached", "stale", "failed"]
     detail: str = ""
 
     @property
@@ -89,7 +104,9 @@ class AssetManager:
         self.progress_listeners = list(progress_listeners or [])
         self.terminal = terminal
         self.limits = UnpackLimits(
-            max_total_bytes=self.settings.unpack_max_bytes, max_members=self.settings.unpack_max_members
+            max_total_bytes=self.settings.unpack_max_bytes,
+            max_members=self.settings.unpack_max_members,
+            max_ratio=self.settings.unpack_max_ratio,
         )
         self._http: HttpSource | None = None
         self._inflight: dict[tuple[int, str, bool], asyncio.Future[DownloadResult]] = {}
@@ -106,10 +123,7 @@ class AssetManager:
     def status(self, name: str) -> AssetStatus:
         asset = self.asset(name)
         state, record = self.cache.inspect(asset)
-        path = None
-        if state == "cached" and record is not None:
-            directory = self.cache.entry_dir(asset)
-            path = directory / record.path if record.path != "." else directory
+        path = self.cache.entry_dir(asset) / record.path if state == "cached" and record is not None else None
         return AssetStatus(
             name=asset.name, version=asset.version, asset_type=asset.asset_type, source=asset.describe_source(),
             checksum=asset.checksum, status=state, path=path,
@@ -156,41 +170,54 @@ class AssetManager:
         started = time.monotonic()
         if not force and (path := self.cache.lookup(asset)) is not None:
             return self._result(asset, path, False, started)
+        self.cache.ensure_root()
         with self.cache.locked(asset.key, timeout=self.settings.lock_timeout_seconds,
                                log_every=self.settings.lock_log_interval_seconds, asset=asset.name):
-            if not force and (path := self.cache.lookup(asset)) is not None:
-                return self._result(asset, path, False, started)  # another process fetched it meanwhile
-            if force:
-                self.cache.discard_part(asset)
-            fetched = self._fetch_with_retries(asset, attempts=asset.retries + 1 if retry else 1)
-            self._check(asset, fetched)
             try:
-                path = self.cache.publish(asset, self.cache.part_path(asset), fetched, self.limits)
-            except UnsafeArchiveError:
-                self.cache.discard_part(asset)
+                self.cache.sweep(asset, keep_part=not force)  # what killed runs left; --force starts over
+                if not force and (path := self.cache.lookup(asset)) is not None:
+                    return self._result(asset, path, False, started)  # another process fetched it meanwhile
+                path = self._fetch_and_publish(asset, attempts=asset.retries + 1 if retry else 1)
+            except FlowmasError:
                 raise
+            except OSError as exc:
+                raise self._os_error(asset, exc) from None
         log.info("Fetched %s (%s) into %s", asset.name, asset.describe_source(), path)
         return self._result(asset, path, True, started)
 
+    def _fetch_and_publish(self, asset: AssetConfig, attempts: int) -> Path:
+        fetched = self._fetch_with_retries(asset, attempts)
+        self._check(asset, fetched)
+        try:
+            return self.cache.publish(asset, self.cache.part_path(asset), fetched, self.limits, self.project.ref,
+                                      asset.source.redacted_identity())
+        except (UnsafeArchiveError, UnpackError):
+            self.cache.discard_part(asset)  # a bad archive is fetched again next time, not unpacked again
+            raise
+
     def _fetch_with_retries(self, asset: AssetConfig, attempts: int) -> Fetched:
+        deadline = Deadline(self.settings.download_deadline_seconds)
         backoff = Backoff(base=asset.retry_delay_seconds, cap=self.settings.max_retry_delay_seconds)
         for attempt in range(attempts):
             try:
-                return self._fetch(asset)
+                return self._fetch(asset, deadline)
             except TransientError as exc:
-                if attempt + 1 >= attempts:
+                last = attempt + 1 >= attempts or (isinstance(exc, DownloadTimeoutError) and deadline.expired)
+                if last:
+                    if attempt:
+                        exc.args = (f"{exc} Gave up after {attempt + 1} attempts.",)
                     raise
-                delay = backoff.delay(attempt, exc)
-                log.warning("%s (attempt %d of %d); retrying in %.1f s", exc, attempt + 1, attempts, delay)
+                delay = min(backoff.delay(attempt, exc), deadline.remaining())
+                log.warning("%s Retrying in %.1f s (attempt %d of %d).", exc, delay, attempt + 1, attempts)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _fetch(self, asset: AssetConfig) -> Fetched:
+    def _fetch(self, asset: AssetConfig, deadline: Deadline) -> Fetched:
         part = self.cache.part_path(asset)
-        part.parent.mkdir(parents=True, exist_ok=True)
+        make_work(part.parent)
         progress = TransferProgress(
             asset.name,
-            enabled=asset.progress_report and not isinstance(asset.source, HubSourceConfig),
+            enabled=asset.progress_report,
             interval_mb=asset.progress_report_interval_mb,
             listeners=self.progress_listeners,
             terminal=self.terminal,
@@ -198,10 +225,12 @@ class AssetManager:
         try:
             if isinstance(asset.source, HttpSourceConfig):
                 headers = auth.http_headers(asset, self.secret_resolver)
-                return self._http_source().fetch(asset, part, headers, progress)
+                return self._http_source().fetch(asset.source.url, part, asset=asset.name, headers=headers,
+                                                 progress=progress, deadline=deadline)
             if isinstance(asset.source, HubSourceConfig):
-                return HubSource().fetch(asset, part, auth.hub_token(asset, self.secret_resolver), progress)
-            return LocalSource().fetch(asset, part, progress)
+                return HubSource().fetch(asset, part, auth.hub_token(asset, self.secret_resolver), progress,
+                                         http=self._http_source(), deadline=deadline)
+            return LocalSource().fetch(asset, part, progress, cache_root=self.cache.root)
         finally:
             progress.close()
 
@@ -215,13 +244,30 @@ class AssetManager:
                 asset=asset.name, expected=asset.checksum, actual=actual, source=asset.describe_source()
             )
 
+    def _os_error(self, asset: AssetConfig, exc: OSError) -> AssetError:
+        """An OSError of the cache (the sources translate their own) as a sentence that names the asset."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskSpaceError(
+                f"Asset {asset.name!r}: no space left on the device of the asset cache ({self.cache.root}) "
+                "while writing it. Free some space or move the cache (FLOWMAS_ASSETS_DIR); a partial download "
+                "is kept and resumes.", asset=asset.name)
+        return AssetCacheError(f"Asset {asset.name!r}: the asset cache failed: {describe_os_error(exc)}",
+                               asset=asset.name)
+
     def _http_source(self) -> HttpSource:
         if self._http is None:
-            self._http = HttpSource(self.settings.http_connect_timeout, self.settings.http_read_timeout)
+            settings = self.settings
+            self._http = HttpSource(Limits(
+                connect_timeout=settings.http_connect_timeout, read_timeout=settings.http_read_timeout,
+                min_speed=settings.http_min_speed, speed_window=settings.http_min_speed_window_seconds))
         return self._http
 
     def _result(self, asset: AssetConfig, path: Path, fetched: bool, started: float) -> DownloadResult:
-        size = path.stat().st_size if path.is_file() else 0
+        if path.is_file():
+            size = path.stat().st_size
+        else:
+            record = self.cache.read_record(self.cache.entry_dir(asset))
+            size = record.size if record is not None else 0
         return DownloadResult(name=asset.name, path=path, fetched=fetched, size=size,
                               seconds=time.monotonic() - started)
 
@@ -233,14 +279,20 @@ class AssetManager:
         directory = self.cache.entry_dir(asset)
         record = self.cache.read_record(directory)
         if record is None:
-            return VerifyResult(name=name, status="not_cached")
+            if directory.exists():
+                return VerifyResult(name=name, status="failed",
+                                    detail="its record is missing or unreadable; download it again with --force")
+            return VerifyResult(name=name, status="not cached")
         if record.identity != asset.identity_hash():
             return VerifyResult(name=name, status="stale",
                                 detail="the declaration changed since it was downloaded; download it again")
         problems: list[str] = []
-        if record.files is not None:
-            for entry in record.files:
-                path = directory / entry.path
+        if record.file_count is not None:
+            files = self.cache.read_files(directory)
+            if files is None or len(files) != record.file_count:
+                problems.append("files.json: missing or damaged")
+            for entry in files or []:
+                path = directory / record.path / entry.path
                 if not path.is_file():
                     problems.append(f"{entry.path}: missing")
                 elif path.stat().st_size != entry.size or sha256_file(path) != entry.sha256:
@@ -248,15 +300,16 @@ class AssetManager:
         else:
             path = directory / record.path
             if not path.is_file():
-                problems.append(f"{record.path}: missing")
+                problems.append(f"{asset.filename}: missing")
             else:
                 digest = sha256_file(path)
                 if digest != record.sha256:
-                    problems.append(f"{record.path}: sha256 {digest} differs from the recorded {record.sha256}")
+                    problems.append(f"{asset.filename}: sha256 {digest} differs from the recorded {record.sha256}")
                 elif asset.checksum and f"sha256:{digest}" != asset.checksum:
-                    problems.append(f"{record.path}: sha256 does not match the declared checksum")
+                    problems.append(f"{asset.filename}: sha256 does not match the declared checksum")
         if problems:
-            return VerifyResult(name=name, status="failed", detail="; ".join(problems[:5]))
+            more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+            return VerifyResult(name=name, status="failed", detail="; ".join(problems[:5]) + more)
         return VerifyResult(name=name, status="verified")
 
     async def averify(self, name: str) -> VerifyResult:
@@ -273,28 +326,32 @@ class AssetManager:
         return path
 
     def clear(self, name: str) -> bool:
-        """Remove one declared asset's cache entry and partial downloads, under its lock."""
+        """Remove one declared asset's cache entry, partial downloads and leftovers, under its lock."""
         asset = self.asset(name)
         with self.cache.locked(asset.key, timeout=self.settings.lock_timeout_seconds,
                                log_every=self.settings.lock_log_interval_seconds, asset=name):
             existed = self.cache.entry_dir(asset).exists()
             self.cache.remove(self.cache.entry_dir(asset))
-            self.cache.discard_part(asset)
+            self.cache.clear_work(self.cache.entry_dir(asset))
         return existed
 
     def clear_all(self) -> int:
-        """Remove every entry in the cache (declared or not), each under its lock; returns how many."""
+        """Remove every entry in the cache (declared or not) and all work in progress, each under its lock."""
         removed = 0
         for entry in list(self.cache.entries()):
             self.remove_entry(entry)
             removed += 1
-        remove_stale_parts(self.cache, timedelta(0))  # under each entry's lock: a running download keeps its .part
+        for key, work in list(self.cache.work_dirs()):
+            with self.cache.locked(key, timeout=self.settings.lock_timeout_seconds,
+                                   log_every=self.settings.lock_log_interval_seconds):
+                self.cache.clear_work(work.parent.parent / work.name)
         return removed
 
     def remove_entry(self, entry: CacheEntry) -> None:
         with self.cache.locked(entry.key, timeout=self.settings.lock_timeout_seconds,
                                log_every=self.settings.lock_log_interval_seconds, asset=entry.name):
             self.cache.remove(entry.directory)
+            self.cache.clear_work(entry.directory)
 
     def close(self) -> None:
         if self._http is not None:

@@ -43,8 +43,8 @@ class HttpAuth(Strict):
     """How a token is sent over HTTP: ``<header_name>: <scheme> <token>`` (just the token if scheme is "")."""
 
     token_env_var: str | None = None
-    scheme: str = "Bearer"
-    header_name: str = "Authorization"
+    scheme: str = Field(default="Bearer", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]*$")
+    header_name: str = Field(default="Authorization", pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
 class HubAuth(Strict):
@@ -70,10 +70,14 @@ class Authentication(Strict):
         return self
 
 
+MAX_INTERVAL_MB = 1_000_000.0
+"""A progress line every terabyte at most: more is an overflow waiting to happen, not a setting."""
+
+
 class _SourceBase(Strict):
     authentication: Authentication | None = None
     progress_report: bool | None = None
-    progress_report_interval_mb: float | None = Field(default=None, gt=0)
+    progress_report_interval_mb: float | None = Field(default=None, gt=0, le=MAX_INTERVAL_MB, allow_inf_nan=False)
 
 
 class HttpSourceConfig(_SourceBase):
@@ -84,45 +88,80 @@ class HttpSourceConfig(_SourceBase):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"'url' must be an http(s) URL, got {url!r}")
+        bad = next((i for i, c in enumerate(url) if ord(c) <= 0x20 or ord(c) == 0x7F), None)
+        if bad is not None:
+            raise ValueError(f"'url' holds a space or control character at position {bad}; percent-encode it")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"'url' is not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"'url' must be an http(s) URL with a host, got {redact_url(url)!r}")
+        if port == 0:
+            raise ValueError("'url' has port 0")
         return url
 
     def identity(self) -> dict[str, Any]:
         return {"type": "http", "url": self.url}
 
+    def redacted_identity(self) -> dict[str, Any]:
+        return {"type": "http", "url": redact_url(self.url)}
+
     def default_filename(self) -> str:
-        return posixpath.basename(unquote(urlsplit(self.url).path)) or "asset"
+        return posixpath.basename(unquote(urlsplit(self.url).path))
 
 
 class HubSourceConfig(_SourceBase):
+    """A file of a Hub repository, or (without ``filename``) a snapshot of the repository as a directory."""
+
     type: Literal["hf"]
-    repo_id: str
-    filename: str = Field(description="Path of the file inside the repository (required: one file per asset).")
+    repo_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+    filename: str | None = Field(default=None, description="A file inside the repository; none: a snapshot.")
     revision: str = "main"
     repo_type: Literal["model", "dataset", "space"] = "model"
+    allow_patterns: list[str] | None = None
+    """Snapshot only: fnmatch patterns of the files to fetch (default: all)."""
+    ignore_patterns: list[str] | None = None
+    """Snapshot only: fnmatch patterns of files to leave out."""
 
     @model_validator(mode="before")
     @classmethod
-    def _filename_required(cls, data: Any) -> Any:
-        if isinstance(data, dict) and not data.get("filename"):
-            raise ValueError("hf sources need 'filename': the path of the file inside the repository")
+    def _drop_null_revision(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("revision") is None:
             data = {k: v for k, v in data.items() if k != "revision"}
         return data
 
+    @model_validator(mode="after")
+    def _patterns_only_for_snapshots(self) -> HubSourceConfig:
+        if self.filename is not None and (self.allow_patterns is not None or self.ignore_patterns is not None):
+            raise ValueError("'allow_patterns' and 'ignore_patterns' select files of a snapshot: "
+                             "drop them, or drop 'filename' to fetch a snapshot")
+        if self.filename is not None and (not self.filename.strip("/") or "\x00" in self.filename):
+            raise ValueError("'filename' must be the path of a file inside the repository")
+        return self
+
+    @property
+    def snapshot(self) -> bool:
+        return self.filename is None
+
     def identity(self) -> dict[str, Any]:
-        return {
+        identity: dict[str, Any] = {
             "type": "hf",
             "repo_id": self.repo_id,
             "repo_type": self.repo_type,
             "filename": self.filename,
             "revision": self.revision,
         }
+        if self.snapshot:
+            identity |= {"allow_patterns": self.allow_patterns, "ignore_patterns": self.ignore_patterns}
+        return identity
+
+    def redacted_identity(self) -> dict[str, Any]:
+        return self.identity()
 
     def default_filename(self) -> str:
-        return posixpath.basename(self.filename)
+        return posixpath.basename(self.filename) if self.filename else self.repo_id.rsplit("/", 1)[-1]
 
 
 class LocalSourceConfig(_SourceBase):
@@ -141,9 +180,16 @@ class LocalSourceConfig(_SourceBase):
     def identity(self) -> dict[str, Any]:
         return {"type": "local", "path": str(self.path)}
 
+    def redacted_identity(self) -> dict[str, Any]:
+        return self.identity()
+
     def default_filename(self) -> str:
         return self.path.name or "asset"
 
+
+MAX_RETRIES = 100
+"""Retries beyond this are a typo or a busy loop, not a policy."""
+MAX_RETRY_DELAY = 86_400.0
 
 SourceConfig = Annotated[HttpSourceConfig | HubSourceConfig | LocalSourceConfig, Field(discriminator="type")]
 
@@ -163,10 +209,10 @@ class AssetConfig(Strict):
     unpack_format: ArchiveFormat | None = None
     unpack_destination_is_file: bool = False
     authentication: Authentication | None = None
-    retries: int = Field(default=0, ge=0)
-    retry_delay_seconds: float = Field(default=5.0, ge=0)
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES)
+    retry_delay_seconds: float = Field(default=5.0, ge=0, le=MAX_RETRY_DELAY, allow_inf_nan=False)
     progress_report: bool = True
-    progress_report_interval_mb: float = Field(default=10.0, gt=0)
+    progress_report_interval_mb: float = Field(default=10.0, gt=0, le=MAX_INTERVAL_MB, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -191,6 +237,14 @@ class AssetConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> AssetConfig:
+        problem = None if self.is_directory_source else file_name_problem(self.filename)
+        if problem is not None:
+            where = {"http": "the URL's last path segment", "hf": "'filename'", "local": "'path'"}[self.source.type]
+            raise ValueError(f"{where} gives the file name {shorten(self.filename)!r}, which {problem}; "
+                             + ("set 'source.filename'" if self.source.type == "http" else "use another path"))
+        if isinstance(self.source, HubSourceConfig) and self.source.snapshot and (self.checksum or self.unpack):
+            raise ValueError("a Hub snapshot (no 'filename') is a directory: 'checksum' and 'unpack' apply to one "
+                             "file; each snapshot file is verified against the Hub's own hashes")
         if self.unpack and self.unpack_format is None:
             guessed = archive_format_of(self.filename)
             if guessed is None:
@@ -209,6 +263,12 @@ class AssetConfig(Strict):
             if needs_env and (auth.http is None or not auth.http.token_env_var):
                 raise ValueError("http sources with strategy 'env_token' need 'http: {token_env_var: ...}'")
         return self
+
+    @property
+    def is_directory_source(self) -> bool:
+        """A Hub snapshot, or a local path (a file or a directory: its name comes from the file system)."""
+        return isinstance(self.source, LocalSourceConfig) or (
+            isinstance(self.source, HubSourceConfig) and self.source.snapshot)
 
     @property
     def filename(self) -> str:
@@ -242,8 +302,28 @@ class AssetConfig(Strict):
         if isinstance(source, HttpSourceConfig):
             return f"http: {redact_url(source.url)}"
         if isinstance(source, HubSourceConfig):
+            if source.snapshot:
+                return f"hf: {source.repo_id}@{source.revision} (snapshot)"
             return f"hf: {source.repo_id}/{source.filename}@{source.revision}"
         return f"local: {source.path}"
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """Long user-supplied names cut to ``limit`` characters for messages (the full name is never needed)."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one file's name in the cache, or None when it can."""
+    if name in ("", ".", ".."):
+        return "is not a file name"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "contains a control character"
+    if len(name.encode("utf-8", "surrogateescape")) > 255:
+        return "is longer than the 255 bytes a file system allows"
+    return None
 
 
 def archive_format_of(filename: str) -> ArchiveFormat | None:

@@ -19,9 +19,13 @@ from typing import Any, BinaryIO, Protocol
 
 DEFAULT_BUFFER_SIZE = 4 * 2**20
 DEFAULT_BUFFERS = 6
+IDLE_FLUSH_SECONDS = 0.05
+"""How long a partly filled buffer waits for more bytes before it is written anyway."""
 
 
 class ReadInto(Protocol):
+    """A byte source: ``readinto`` returns 0 only at the end (it may return fewer bytes than asked)."""
+
     def readinto(self, buffer: memoryview) -> int: ...
 
 
@@ -71,15 +75,25 @@ class HashingWriter:
             self._stop()
 
     def fill_from(self, source: ReadInto, on_progress: Callable[[int], None] | None = None) -> int:
-        """Read ``source`` to its end through the pipeline; returns the number of bytes added."""
+        """Read ``source`` to its end through the pipeline; returns the number of bytes added.
+
+        Buffers are filled whole while bytes keep coming; a source that can tell (``ready``) whether more
+        is waiting gets what it has written as soon as it goes quiet for ``IDLE_FLUSH_SECONDS``, so a slow
+        transfer loses nothing in memory when the process is killed.
+        """
+        ready = getattr(source, "ready", None)
         added = 0
         while True:
             buffer = self._take_buffer()
             view = memoryview(buffer)
             filled = 0
+            ended = False
             while filled < len(buffer):
+                if filled and ready is not None and not ready(IDLE_FLUSH_SECONDS):
+                    break  # nothing more is arriving right now: write what we hold
                 n = source.readinto(view[filled:])
                 if not n:
+                    ended = True
                     break
                 filled += n
             if filled:
@@ -89,7 +103,7 @@ class HashingWriter:
                     on_progress(filled)
             else:
                 self._free.put(buffer)
-            if filled < len(buffer):
+            if ended:
                 return added
 
     def write(self, data: bytes) -> None:

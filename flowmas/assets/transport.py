@@ -15,6 +15,7 @@ one family of errors whichever transport is used.
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import ssl
 import threading
@@ -107,7 +108,15 @@ class ReadintoTransport(httpx.BaseTransport):
 
 
 class ReadintoStream(httpx.SyncByteStream):
-    """The body of one response: iterate it like any httpx stream, or ``readinto`` a buffer (fast path)."""
+    """The body of one response: iterate it like any httpx stream, or ``readinto`` a buffer (fast path).
+
+    ``readinto`` returns as soon as *some* bytes have arrived (one ``recv``), never waiting to fill the
+    buffer: a slow server's bytes reach the caller, and the disk, as they arrive. A body with a
+    ``Content-Length`` is read straight from the socket once the few bytes ``http.client`` buffered with
+    the headers are drained; other bodies (chunked, close-delimited) go through ``http.client``.
+    ``ready(timeout)`` tells whether a read would return at once, so a caller holding unwritten bytes can
+    write them before it blocks. ``set_timeout`` bounds the next reads (a download's deadline).
+    """
 
     def __init__(
         self,
@@ -121,16 +130,56 @@ class ReadintoStream(httpx.SyncByteStream):
         self._reuse = reuse
         self._request = request
         self._complete = False
+        self._remaining: int | None = response.length if not response.chunked else None
+        self._drained = False  # bytes http.client read past the headers are still in its buffer
 
     def readinto(self, buffer: memoryview) -> int:
         try:
-            n = self._response.readinto(buffer)
+            return self._readinto(buffer)
         except BaseException as exc:
             raise _translate(exc, self._request) from exc
-        if n == 0 and len(buffer):
-            # http.client reports a body cut short as a plain EOF; only a fully read body frees the connection.
-            self._complete = not self._response.length
+
+    def _readinto(self, buffer: memoryview) -> int:
+        response = self._response
+        if response is None or response.fp is None or not len(buffer):
+            return 0
+        if self._remaining is None:  # chunked or close-delimited: http.client knows the framing
+            data = response.read1(len(buffer))
+            buffer[: len(data)] = data
+            if not data:
+                self._complete = response.chunked  # a chunked body ends with its last-chunk marker
+            return len(data)
+        if self._remaining == 0:
+            self._complete = True
+            return 0
+        view = buffer[: min(len(buffer), self._remaining)]
+        if not self._drained:
+            data = response.fp.read1(len(view))  # only what is buffered, else one recv
+            self._drained = True
+            n = len(data)
+            view[:n] = data
+        else:
+            n = response.fp.raw.readinto(view) or 0  # one recv, straight into the caller's buffer
+        if not n:
+            return 0  # cut short: the caller compares with Content-Length; the connection is not reused
+        self._remaining -= n
+        if self._remaining == 0:
+            self._complete = True
         return n
+
+    def ready(self, timeout: float) -> bool:
+        """Whether bytes are waiting (or the end is known), waiting at most ``timeout`` seconds."""
+        sock = self._conn.sock
+        if sock is None or not self._drained or self._remaining is None or self._remaining == 0:
+            return True
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True
+        readable, _, _ = select.select([sock], [], [], timeout)
+        return bool(readable)
+
+    def set_timeout(self, seconds: float | None) -> None:
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(seconds)
 
     def __iter__(self) -> Iterator[bytes]:
         buffer = bytearray(2**20)
@@ -142,10 +191,10 @@ class ReadintoStream(httpx.SyncByteStream):
         response, self._response = self._response, None  # type: ignore[assignment]
         if response is None:
             return
+        response.close()  # frees http.client's state; the socket belongs to the connection
         if self._complete and not response.will_close:
             self._reuse()  # type: ignore[operator]
         else:
-            response.close()
             self._conn.close()
 
 

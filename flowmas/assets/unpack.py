@@ -12,13 +12,22 @@ Invariants:
   As a second line of defence, files are created with ``O_EXCL | O_NOFOLLOW`` inside directories opened
   with ``O_NOFOLLOW``, and symlinks are created last, so even a gap in validation cannot write through
   a link.
-* **Sizes are capped twice**: the declared total before extracting, and the bytes actually written while
-  extracting (a member may never yield more than its header declares).
+* **Bombs are refused by default.** The unpacked total (``FLOWMAS_UNPACK_MAX_BYTES``) and the compression
+  ratio, unpacked total / archive size (``FLOWMAS_UNPACK_MAX_RATIO``, only once the total passes
+  ``_RATIO_FLOOR``), are capped twice: on the declared sizes before the first byte is written, and on the
+  bytes actually written while extracting (headers can lie, bytes cannot; a member may never yield more
+  than its header declares). The member count (``FLOWMAS_UNPACK_MAX_MEMBERS``) is capped as headers are read.
+* **Free space is checked before extracting**: the declared total must fit in the free space of
+  ``dest``'s file system minus a small reserve; a disk or quota that fills up anyway while writing is a
+  ``DiskSpaceError`` too.
 * **Modes are sanitised**: no setuid/setgid/sticky bits, no group/other write, owner read/write always;
   directories are 0o755.
-* **Errors**: ``UnsafeArchiveError`` for safety and limit violations, ``UnpackError`` for corrupt,
-  truncated or mis-declared archives. OS errors while *writing* (disk full, permissions) propagate
-  unchanged. In every case the temp dir is gone and ``dest`` does not exist.
+* **Errors speak to users**: ``UnsafeArchiveError`` for safety and limit violations, ``UnpackError`` for
+  corrupt, truncated or mis-declared archives, ``DiskSpaceError`` (ENOSPC, EDQUOT or the pre-check) for a
+  full disk; other OS errors while *writing* (permissions) propagate unchanged. Messages name the asset
+  and its source (never the temp file being unpacked) and the ``FLOWMAS_*`` setting that raises a limit;
+  names from the archive are escaped and shortened, so a message is always one readable line. In every
+  case the temp dir is gone and ``dest`` does not exist.
 
 POSIX only (``dir_fd``, ``O_NOFOLLOW``). Standard library only.
 """
@@ -44,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, Protocol, cast
 
-from flowmas.errors import UnpackError, UnsafeArchiveError
+from flowmas.errors import DiskSpaceError, UnpackError, UnsafeArchiveError
 
 __all__ = ["ArchiveFormat", "UnpackLimits", "UnpackedFile", "single_file", "unpack_archive"]
 
@@ -58,6 +67,27 @@ _MAX_LINK_TEXT = 4096  # PATH_MAX: a longer zip "symlink" is not a symlink
 _DIR_MODE = 0o755
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _LINK_FALLBACK_ERRNOS = {errno.EPERM, errno.EMLINK, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP}
+_NO_SPACE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted"}
+
+# The settings a user changes to raise each limit (flowmas.settings wires them to UnpackLimits). Messages
+# name these, never the Python fields: a user meets the limit in a CLI or a flow run, not in code.
+_MAX_BYTES_SETTING = "FLOWMAS_UNPACK_MAX_BYTES"
+_MAX_MEMBERS_SETTING = "FLOWMAS_UNPACK_MAX_MEMBERS"
+_MAX_RATIO_SETTING = "FLOWMAS_UNPACK_MAX_RATIO"
+_CACHE_SETTING = "FLOWMAS_ASSETS_DIR"
+
+# The ratio is only checked once the unpacked total passes this floor. Small archives of text or zeros
+# legitimately reach ratios of 300 and more (a 300-byte zip of a 100 KiB text file), and 16 MiB harms no
+# disk; a bomb is dangerous for what it fills, and by then its ratio is plain.
+_RATIO_FLOOR = 16 * 2**20
+
+# Free space an unpack leaves untouched: the smaller of 64 MiB and 1 % of the file system. Filling a disk
+# to the last byte breaks the cache's own records and locks and everything else sharing the disk; the
+# 1 % bound keeps a small volume (a container's, a test's tmpfs) from being reserved away entirely.
+_RESERVE_BYTES = 64 * 2**20
+_RESERVE_FRACTION = 0.01
+
+_MAX_SHOWN = 100  # characters of an archive-supplied name shown in a message; longer ones lose their middle
 
 # What the stdlib readers raise for corrupt, truncated or mis-declared input (bz2 and gzip raise OSError).
 _READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -90,10 +120,14 @@ _Kind = Literal["file", "dir", "symlink", "hardlink", "special"]
 
 @dataclass(frozen=True)
 class UnpackLimits:
-    """Caps that stop archive bombs; raise them for assets that are legitimately bigger."""
+    """Caps that stop archive bombs; raise them for assets that are legitimately bigger.
 
-    max_total_bytes: int = 32 * 2**30  # cap on total uncompressed size (declared and actually written)
-    max_members: int = 100_000
+    Users set them with FLOWMAS_UNPACK_MAX_BYTES, FLOWMAS_UNPACK_MAX_MEMBERS and FLOWMAS_UNPACK_MAX_RATIO.
+    """
+
+    max_total_bytes: int = 64 * 2**30  # total uncompressed size (declared and actually written)
+    max_members: int = 200_000
+    max_ratio: float = 100.0  # uncompressed total / archive size on disk, checked past _RATIO_FLOOR
 
 
 @dataclass(frozen=True)
@@ -115,13 +149,16 @@ def unpack_archive(
     *,
     limits: UnpackLimits = UnpackLimits(),
     asset: str | None = None,
+    source: str | None = None,
 ) -> list[UnpackedFile]:
     """Extract `archive` into `dest` (which must not exist yet) safely and atomically.
 
+    `asset` and `source` (a description such as ``"http: https://example.com/m.zip"``) are what messages
+    name: `archive` is usually a temp file whose name means nothing to a user.
     Returns the regular files (hardlinks included, symlinks and directories not), sorted by path.
     """
     archive, dest = Path(archive), Path(dest)
-    ctx = _Context(archive, fmt, asset)
+    ctx = _Context(archive, fmt, asset, source)
     if fmt not in _FORMATS:
         raise UnpackError(
             f"Unknown archive format {fmt!r} for {ctx.where()}: use one of {', '.join(_FORMATS)}; "
@@ -130,16 +167,20 @@ def unpack_archive(
         )
     if os.path.lexists(dest):
         raise ctx.dest_exists(dest)
-    with _open_reader(archive, fmt, ctx) as reader:
-        entries = _validate(reader, limits, ctx)
+    with _open_reader(archive, fmt, ctx) as (reader, archive_size):
+        caps = _Caps(limits, archive_size, ctx)
+        entries = _validate(reader, caps, ctx)
+        needed = sum(entry.size for entry in entries)
+        free = _check_free_space(dest.parent, needed, ctx)
         tmp = dest.parent / f".{dest.name}.unpack-{uuid.uuid4().hex}"
-        os.mkdir(tmp, 0o700)
-        try:
-            files = _extract(reader, entries, tmp, limits, ctx)
-            _publish(tmp, dest, ctx)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # fd-based on Linux: never follows the links inside
-            raise
+        with ctx.writing(dest.parent, needed, free):
+            os.mkdir(tmp, 0o700)
+            try:
+                files = _extract(reader, entries, tmp, caps, ctx)
+                _publish(tmp, dest, ctx)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)  # fd-based on Linux: never follows the links inside
+                raise
     return files
 
 
@@ -166,21 +207,59 @@ def single_file(files: list[UnpackedFile], *, asset: str | None = None) -> str:
 # --- error context ----------------------------------------------------------------------------------
 
 
+def _elide(text: str, limit: int = _MAX_SHOWN) -> str:
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}…{text[-keep:]}"
+
+
+def _show(name: str) -> str:
+    """An archive-supplied name as a message shows it: quoted, on one line, of readable length.
+
+    ``repr`` escapes newlines and every other unprintable character, so a hostile name cannot forge a
+    log line or hide itself; the middle of a long name is elided and its length said.
+    """
+    shown = repr(_elide(name))
+    return shown if len(name) <= _MAX_SHOWN else f"{shown} ({len(name)} characters)"
+
+
+def _one_line(text: str) -> str:
+    """Free text (a source, a reader's error) with unprintable characters escaped, as ``repr`` would."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _size(nbytes: int) -> str:
+    """Bytes in binary units, as ``df -h`` prints them; exact below 10 KiB, where rounding would mislead."""
+    if nbytes < 10 * 1024:
+        return f"{nbytes} bytes"
+    value = float(nbytes)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} PiB"
+
+
 @dataclass(frozen=True)
 class _Context:
-    """What every error message needs: which archive, declared as what, for which asset."""
+    """What every error message needs: which asset from which source, or failing those which file."""
 
     archive: Path
     fmt: str
     asset: str | None
+    source: str | None = None
 
     def where(self) -> str:
-        asset = f", asset {self.asset!r}" if self.asset else ""
-        return f"{self.archive.name} ({self.fmt}{asset})"
+        """``asset 'model' (http: https://…/m.zip, zip)``; the archive's file name without asset and source."""
+        source = _elide(_one_line(self.source), 2 * _MAX_SHOWN) if self.source else ""
+        if self.asset:
+            return f"asset {_show(self.asset)} ({source + ', ' if source else ''}{self.fmt})"
+        return f"{source or _one_line(self.archive.name)} ({self.fmt})"
 
     def unsafe(self, member: str, reason: str, fix: str = _REPACK) -> UnsafeArchiveError:
         return UnsafeArchiveError(
-            f"Refusing to unpack {self.where()}: member {member!r} {reason}. "
+            f"Refusing to unpack {self.where()}: member {_show(member)} {reason}. "
             f"The destination was not created; {fix}.",
             asset=self.asset,
             member=member,
@@ -206,7 +285,31 @@ class _Context:
         try:
             yield
         except _READ_ERRORS as exc:
-            raise self.corrupt(f"{type(exc).__name__}: {exc}") from exc
+            raise self.corrupt(f"{type(exc).__name__}: {_one_line(str(exc))}") from exc
+
+    def no_space(self, directory: Path, needed: int, free: int, reserve: int) -> DiskSpaceError:
+        return DiskSpaceError(
+            f"Not enough disk space to unpack {self.where()}: it unpacks to {_size(needed)}, but {directory} "
+            f"has {_size(free)} free and flowmas leaves {_size(reserve)} of that untouched. The destination was "
+            f"not created; free some space there, or move the asset cache to a larger disk with {_CACHE_SETTING}.",
+            asset=self.asset,
+        )
+
+    @contextmanager
+    def writing(self, directory: Path, needed: int, free: int) -> Iterator[None]:
+        """A disk or quota that fills up while writing becomes a DiskSpaceError (the caller has cleaned up)."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE_ERRNOS:
+                raise
+            raise DiskSpaceError(
+                f"Ran out of disk space unpacking {self.where()} into {directory}: {_NO_SPACE_ERRNOS[exc.errno]}. "
+                f"It unpacks to {_size(needed)} and {_size(free)} was free when unpacking began (other writers, "
+                "and files taking whole blocks on disk, can use more). The destination was not created; free "
+                f"some space there, or move the asset cache to a larger disk with {_CACHE_SETTING}.",
+                asset=self.asset,
+            ) from exc
 
 
 # --- readers: one view of zip and tar members -------------------------------------------------------
@@ -336,14 +439,18 @@ def _zip_member(info: zipfile.ZipInfo) -> _Member:
 
 
 @contextmanager
-def _open_reader(archive: Path, fmt: str, ctx: _Context) -> Iterator[_Reader]:
-    """Open the archive file (a missing file is the caller's OSError), then parse it as `fmt`."""
+def _open_reader(archive: Path, fmt: str, ctx: _Context) -> Iterator[tuple[_Reader, int]]:
+    """Open the archive file (a missing file is the caller's OSError), then parse it as `fmt`.
+
+    Also yields the size of the file opened, the ratio's denominator (fstat: the very file being read).
+    """
     with open(archive, "rb") as raw:
+        size = os.fstat(raw.fileno()).st_size
         reader: _Reader
         with ctx.reading():
             reader = _ZipReader(raw) if fmt == "zip" else _TarReader(raw, _TAR_MODES[fmt])
         try:
-            yield reader
+            yield reader, size
         finally:
             reader.close()
 
@@ -369,7 +476,38 @@ class _Entry:
         return self.member.kind
 
 
-def _validate(reader: _Reader, limits: UnpackLimits, ctx: _Context) -> list[_Entry]:
+class _Caps:
+    """The bomb caps on an unpacked total: checked on the declared sizes, then on the bytes written."""
+
+    def __init__(self, limits: UnpackLimits, archive_size: int, ctx: _Context) -> None:
+        self.limits = limits
+        self._archive_size = archive_size
+        self._ctx = ctx
+
+    def check(self, total: int, member: str, what: str) -> None:
+        """Refuse when `total` (`what`: declared or written) passes the size cap, or the ratio past its floor."""
+        limits, size = self.limits, self._archive_size
+        if total > limits.max_total_bytes:
+            shown, cap = _size(total), _size(limits.max_total_bytes)
+            if shown == cap:  # "1.0 MiB, over the limit of 1.0 MiB" would read as a bug
+                shown, cap = f"{total} bytes", f"{limits.max_total_bytes} bytes"
+            raise self._ctx.unsafe(
+                member,
+                f"takes {what} to {shown}, over the limit of {cap} "
+                f"({_MAX_BYTES_SETTING}={limits.max_total_bytes})",
+                f"if the archive is legitimately this large, raise {_MAX_BYTES_SETTING}",
+            )
+        if total > _RATIO_FLOOR and total > limits.max_ratio * size:
+            raise self._ctx.unsafe(
+                member,
+                f"takes {what} to {_size(total)}, {total / max(size, 1):,.0f} times the archive's {_size(size)}: "
+                f"over the limit of {limits.max_ratio:g} times ({_MAX_RATIO_SETTING}={limits.max_ratio:g}) for "
+                f"archives that unpack to more than {_size(_RATIO_FLOOR)}, the mark of an archive bomb",
+                f"if the archive legitimately compresses this well, raise {_MAX_RATIO_SETTING}",
+            )
+
+
+def _validate(reader: _Reader, caps: _Caps, ctx: _Context) -> list[_Entry]:
     """Check every header (streaming, so a bomb of headers is stopped early), then how members relate."""
     entries: list[_Entry] = []
     by_path: dict[str, _Entry] = {}
@@ -382,23 +520,18 @@ def _validate(reader: _Reader, limits: UnpackLimits, ctx: _Context) -> list[_Ent
         if member is None:
             break
         count += 1
-        if count > limits.max_members:
+        if count > caps.limits.max_members:
             raise ctx.unsafe(
                 member.name,
-                f"is beyond the limit of {limits.max_members} members",
-                "raise UnpackLimits.max_members if the archive is legitimately this large",
+                f"is beyond the limit of {caps.limits.max_members} members "
+                f"({_MAX_MEMBERS_SETTING}={caps.limits.max_members})",
+                f"if the archive legitimately has this many members, raise {_MAX_MEMBERS_SETTING}",
             )
         entry = _check_member(member, reader, by_path, ctx)
         if entry is None:
             continue
         declared += entry.size
-        if declared > limits.max_total_bytes:
-            raise ctx.unsafe(
-                member.name,
-                f"takes the declared unpacked size to {declared} bytes, over the limit of "
-                f"{limits.max_total_bytes} bytes",
-                "raise UnpackLimits.max_total_bytes if the archive is legitimately this large",
-            )
+        caps.check(declared, member.name, "the declared unpacked size")
         entries.append(entry)
         by_path[entry.path] = entry
     with ctx.reading():
@@ -414,7 +547,7 @@ def _check_member(member: _Member, reader: _Reader, seen: dict[str, _Entry], ctx
     if member.kind == "special":
         raise ctx.unsafe(member.name, f"is {member.detail}; only files, directories and links are unpacked")
     if member.encrypted:
-        raise ctx.corrupt(f"member {member.name!r} is encrypted; password-protected zips are not supported")
+        raise ctx.corrupt(f"member {_show(member.name)} is encrypted; password-protected zips are not supported")
     parts = _member_parts(member.name, ctx)
     if not parts:
         if member.kind == "dir":
@@ -426,12 +559,12 @@ def _check_member(member: _Member, reader: _Reader, seen: dict[str, _Entry], ctx
             return None
         raise ctx.unsafe(
             member.name,
-            f"appears twice (also as {earlier.member.name!r}); a later member would silently replace an "
+            f"appears twice (also as {_show(earlier.member.name)}); a later member would silently replace an "
             "earlier one",
         )
     if member.kind == "file":
         if member.size < 0:
-            raise ctx.corrupt(f"member {member.name!r} declares a negative size")
+            raise ctx.corrupt(f"member {_show(member.name)} declares a negative size")
         return _Entry(member, parts, size=member.size)
     if member.kind == "dir":
         return _Entry(member, parts)
@@ -475,14 +608,14 @@ def _check_hardlink(
     """A tar hardlink names another member; only an earlier regular file of this archive will do."""
     link = member.link
     if link.startswith("/"):
-        raise ctx.unsafe(member.name, f"is a hardlink to the absolute path {link!r}, outside the archive")
+        raise ctx.unsafe(member.name, f"is a hardlink to the absolute path {_show(link)}, outside the archive")
     target = _normalise(link)
     if target is None:
-        raise ctx.unsafe(member.name, f"is a hardlink to {link!r}, outside the destination")
+        raise ctx.unsafe(member.name, f"is a hardlink to {_show(link)}, outside the destination")
     earlier = seen.get("/".join(target))
     if earlier is None or earlier.kind not in ("file", "hardlink"):
         raise ctx.unsafe(
-            member.name, f"is a hardlink to {link!r}, which is not an earlier regular file in the archive"
+            member.name, f"is a hardlink to {_show(link)}, which is not an earlier regular file in the archive"
         )
     return _Entry(member, parts, target=earlier.path, size=earlier.size)
 
@@ -494,9 +627,9 @@ def _check_symlink_text(member: _Member, parts: tuple[str, ...], reader: _Reader
     with ctx.reading():
         text = reader.link_text(member)
     if not text or "\x00" in text:
-        raise ctx.corrupt(f"symlink member {member.name!r} has an empty or invalid target")
+        raise ctx.corrupt(f"symlink member {_show(member.name)} has an empty or invalid target")
     if text.startswith("/"):
-        raise ctx.unsafe(member.name, f"is a symlink to the absolute path {text!r}, outside the destination")
+        raise ctx.unsafe(member.name, f"is a symlink to the absolute path {_show(text)}, outside the destination")
     return _Entry(member, parts, target=text)
 
 
@@ -509,14 +642,14 @@ def _check_placement(entry: _Entry, by_path: dict[str, _Entry], links: dict[str,
         if above.kind == "symlink":
             raise ctx.unsafe(
                 entry.member.name,
-                f"lies below the symlink {above.member.name!r}; writing through a link is how archives "
+                f"lies below the symlink {_show(above.member.name)}; writing through a link is how archives "
                 "escape their destination",
             )
-        raise ctx.unsafe(entry.member.name, f"lies below the file {above.member.name!r}")
+        raise ctx.unsafe(entry.member.name, f"lies below the file {_show(above.member.name)}")
     if entry.kind == "symlink":
         problem = _resolve_link(entry.parts[:-1], entry.target, links)
         if problem is not None:
-            raise ctx.unsafe(entry.member.name, f"is a symlink to {entry.target!r}, which {problem}")
+            raise ctx.unsafe(entry.member.name, f"is a symlink to {_show(entry.target)}, which {problem}")
 
 
 def _resolve_link(start: tuple[str, ...], text: str, links: dict[str, str]) -> str | None:
@@ -555,22 +688,29 @@ def _resolve_link(start: tuple[str, ...], text: str, links: dict[str, str]) -> s
 # --- extraction -------------------------------------------------------------------------------------
 
 
-class _Budget:
-    """The cap on bytes actually written: headers can lie, the bytes cannot."""
+def _check_free_space(directory: Path, needed: int, ctx: _Context) -> int:
+    """Refuse before writing when the declared total does not fit; returns the free bytes seen.
 
-    def __init__(self, limit: int, ctx: _Context) -> None:
-        self._limit = limit
+    An estimate (block rounding is ignored, a hardlink counts as the copy it may become), so running
+    out of space while writing is still translated, by ``_Context.writing``.
+    """
+    usage = shutil.disk_usage(directory)
+    reserve = min(_RESERVE_BYTES, int(usage.total * _RESERVE_FRACTION))
+    if needed > usage.free - reserve:
+        raise ctx.no_space(directory, needed, usage.free, reserve)
+    return usage.free
+
+
+class _Budget:
+    """The caps again, on bytes actually written: headers can lie, the bytes cannot."""
+
+    def __init__(self, caps: _Caps) -> None:
+        self._caps = caps
         self._used = 0
-        self._ctx = ctx
 
     def charge(self, nbytes: int, member: str) -> None:
         self._used += nbytes
-        if self._used > self._limit:
-            raise self._ctx.unsafe(
-                member,
-                f"takes the bytes actually unpacked past the limit of {self._limit} bytes (an archive bomb?)",
-                "raise UnpackLimits.max_total_bytes if the archive is legitimately this large",
-            )
+        self._caps.check(self._used, member, "the bytes actually unpacked")
 
 
 class _Tree:
@@ -672,11 +812,9 @@ def _file_mode(archive_mode: int) -> int:
     return (archive_mode & 0o755) | 0o644
 
 
-def _extract(
-    reader: _Reader, entries: list[_Entry], root: Path, limits: UnpackLimits, ctx: _Context
-) -> list[UnpackedFile]:
+def _extract(reader: _Reader, entries: list[_Entry], root: Path, caps: _Caps, ctx: _Context) -> list[UnpackedFile]:
     """Write the validated entries below `root`; symlinks last, so nothing is ever written through one."""
-    budget = _Budget(limits.max_total_bytes, ctx)
+    budget = _Budget(caps)
     files: dict[str, UnpackedFile] = {}
     with _Tree(root) as tree:
         for entry in entries:
@@ -732,7 +870,7 @@ def _copy(source: IO[bytes], out: BinaryIO, entry: _Entry, budget: _Budget, ctx:
         digest.update(chunk)
         out.write(chunk)
     if written != entry.size:
-        raise ctx.corrupt(f"member {name!r} holds {written} bytes but its header declares {entry.size}")
+        raise ctx.corrupt(f"member {_show(name)} holds {written} bytes but its header declares {entry.size}")
     return written, digest.hexdigest()
 
 

@@ -6,7 +6,6 @@ trash is left), kept entries still resolve through the manager, lock files are n
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -65,10 +64,8 @@ def publish(tmp_path: Path, cache_dir: Path, sizes: dict[str, int], **kwargs: st
 
 
 def set_last_used(cache: AssetCache, key: str, when: datetime) -> None:
-    record_file = cache.root / key / RECORD
-    data = json.loads(record_file.read_text())
-    data["last_used_at"] = when.isoformat()
-    record_file.write_text(json.dumps(data))
+    """Last use is the record's mtime (a hit touches it)."""
+    os.utime(cache.root / key / RECORD, (when.timestamp(), when.timestamp()))
 
 
 def entries_by_key(cache: AssetCache) -> dict[str, CacheEntry]:
@@ -85,7 +82,7 @@ def age(path: Path, delta: timedelta) -> None:
 
 
 def no_trash(cache: AssetCache) -> bool:
-    return not any(".trash-" in p.name for p in cache.leftovers())
+    return not any(p.name.startswith("trash-") for _, work in cache.work_dirs() for p in work.iterdir())
 
 
 Holder = Callable[[Path], None]
@@ -116,7 +113,7 @@ def holder() -> Iterator[Holder]:
 
 def test_plan_keeps_everything_declared_and_recent(tmp_path: Path, cache_dir: Path) -> None:
     m = publish(tmp_path, cache_dir, {"a": 10, "b": 20})
-    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), now=NOW,
+    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW,
                         max_unused_days=30, max_total_bytes=10_000)
     assert plan == []
 
@@ -129,7 +126,7 @@ def test_plan_evicts_undeclared_damaged_and_stale_entries(tmp_path: Path, cache_
     changed = project(tmp_path, {"changed": 10}, source_suffix="-new")
     declared = declared_identities(now_declared) | declared_identities(changed)
 
-    plan = plan_cleanup(m.cache.entries(), declared, now=NOW)
+    plan = plan_cleanup(m.cache.entries(), declared, project=m.project.ref, now=NOW)
 
     assert planned(plan) == {"model/gone/v1": "not declared", "model/broken/v1": "damaged",
                              "model/changed/v1": "stale"}
@@ -141,7 +138,7 @@ def test_plan_evicts_entries_unused_for_longer_than_the_limit(tmp_path: Path, ca
     set_last_used(m.cache, "model/old/v1", NOW - timedelta(days=31))
     set_last_used(m.cache, "model/recent/v1", NOW - timedelta(days=29))
 
-    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), now=NOW, max_unused_days=30)
+    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW, max_unused_days=30)
 
     assert planned(plan) == {"model/old/v1": "unused"}
     assert plan[0].describe().startswith("unused (last used ")
@@ -154,7 +151,7 @@ def test_plan_over_budget_evicts_least_recently_used_first_until_it_fits(
     for days, name in ((1, "c"), (2, "a"), (3, "d"), (4, "b")):  # b is the least recently used
         set_last_used(m.cache, f"model/{name}/v1", NOW - timedelta(days=days))
 
-    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), now=NOW, max_total_bytes=10 * KiB)
+    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW, max_total_bytes=10 * KiB)
 
     assert [e.entry.key for e in plan] == ["model/b/v1", "model/d/v1"]  # 4 KiB + a record each
     assert {e.reason for e in plan} == {"over size budget"}
@@ -164,7 +161,7 @@ def test_plan_budget_counts_only_what_the_rules_keep(tmp_path: Path, cache_dir: 
     m = publish(tmp_path, cache_dir, {"a": 4 * KiB, "b": 4 * KiB, "undeclared": 8 * KiB})
     declared = declared_identities(project(tmp_path, {"a": 4 * KiB, "b": 4 * KiB}))
 
-    plan = plan_cleanup(m.cache.entries(), declared, now=NOW, max_total_bytes=10 * KiB)
+    plan = plan_cleanup(m.cache.entries(), declared, project=m.project.ref, now=NOW, max_total_bytes=10 * KiB)
 
     assert planned(plan) == {"model/undeclared/v1": "not declared"}
 
@@ -172,7 +169,7 @@ def test_plan_budget_counts_only_what_the_rules_keep(tmp_path: Path, cache_dir: 
 def test_plan_is_pure_sizes_come_from_the_caller(tmp_path: Path, cache_dir: Path) -> None:
     m = publish(tmp_path, cache_dir, {"a": 1, "b": 1})
     set_last_used(m.cache, "model/a/v1", NOW - timedelta(days=2))
-    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), now=NOW, max_total_bytes=100,
+    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW, max_total_bytes=100,
                         size_of=lambda entry: 60)
     assert [(e.entry.key, e.size) for e in plan] == [("model/a/v1", 60)]
 
@@ -183,13 +180,13 @@ def test_plan_is_pure_sizes_come_from_the_caller(tmp_path: Path, cache_dir: Path
 def test_evict_removes_planned_entries_and_keeps_the_rest_usable(tmp_path: Path, cache_dir: Path) -> None:
     m = publish(tmp_path, cache_dir, {"keep": 10, "gone": 10})
     declared = declared_identities(project(tmp_path, {"keep": 10}))
-    plan = plan_cleanup(m.cache.entries(), declared, now=NOW)
+    plan = plan_cleanup(m.cache.entries(), declared, project=m.project.ref, now=NOW)
 
     evicted, skipped = evict(m.cache, plan)
 
     assert [e.entry.key for e in evicted] == ["model/gone/v1"] and skipped == []
     assert not (cache_dir / "model/gone/v1").exists()
-    assert m.status("keep").status == "cached" and m.status("gone").status == "not_cached"
+    assert m.status("keep").status == "cached" and m.status("gone").status == "not cached"
     assert (cache_dir / ".locks/model/gone/v1.lock").exists()  # lock files are kept on purpose
     assert no_trash(m.cache)
 
@@ -198,21 +195,21 @@ def test_evict_skips_an_entry_whose_lock_another_process_holds(
     tmp_path: Path, cache_dir: Path, holder: Holder
 ) -> None:
     m = publish(tmp_path, cache_dir, {"busy": 10, "idle": 10})
-    plan = plan_cleanup(m.cache.entries(), {}, now=NOW)
+    plan = plan_cleanup(m.cache.entries(), {}, project=m.project.ref, now=NOW)
     holder(m.cache.lock_path("model/busy/v1"))
 
     evicted, skipped = evict(m.cache, plan)
 
     assert [e.entry.key for e in evicted] == ["model/idle/v1"]
     assert [e.entry.key for e in skipped] == ["model/busy/v1"]
-    assert m.status("busy").status == "cached" and m.status("idle").status == "not_cached"
+    assert m.status("busy").status == "cached" and m.status("idle").status == "not cached"
 
 
 def test_evict_leaves_an_entry_that_was_downloaded_again_after_planning(
     tmp_path: Path, cache_dir: Path
 ) -> None:
     m = publish(tmp_path, cache_dir, {"a": 10})
-    plan = plan_cleanup(m.cache.entries(), {}, now=NOW)
+    plan = plan_cleanup(m.cache.entries(), {}, project=m.project.ref, now=NOW)
     assert m.download("a", force=True).fetched  # republished: a new record
 
     evicted, skipped = evict(m.cache, plan)
@@ -228,26 +225,26 @@ def test_remove_stale_parts_removes_old_leftovers_only(tmp_path: Path, cache_dir
     m = publish(tmp_path, cache_dir, {"a": 10})
     asset = m.asset("a")
     part = m.cache.part_path(asset)
+    part.parent.mkdir(parents=True)
     sidecar = part.with_name(part.name + ".json")
-    staging = part.parent / ".v1.staging-0123456789ab"
-    unpacking = part.parent / "..v1.staging-0123456789ab.unpack-0123456789abcdef0123456789abcdef"
-    unknown = part.parent / ".something-else"
+    staging = part.parent / "staging-0123456789ab"
+    trash = part.parent / "trash-0123456789ab"
     part.write_bytes(b"partial")
     sidecar.write_text("{}")
     staging.mkdir()
     (staging / "file").write_bytes(b"x")
-    unpacking.mkdir()
-    unknown.write_text("not ours")
-    for path in (part, sidecar, staging, unpacking, unknown):
+    (trash / "data").mkdir(parents=True)
+    for path in (part, sidecar, staging, trash):
         age(path, timedelta(hours=48))
-    fresh = part.parent / ".v2.0123456789ab.part"
+    fresh = m.cache.root / "model/a/.work/v2/0123456789ab.part"
+    fresh.parent.mkdir()
     fresh.write_bytes(b"being written")
 
     removed = remove_stale_parts(m.cache, timedelta(hours=24), now=NOW)
 
-    assert sorted(removed) == sorted([part, sidecar, staging, unpacking])
-    assert not any(p.exists() for p in removed)
-    assert fresh.exists() and unknown.exists()
+    assert sorted(removed) == sorted([part, sidecar, staging, trash])
+    assert not any(p.exists() for p in removed) and not part.parent.exists()
+    assert fresh.exists()
     assert m.status("a").status == "cached"
 
 
@@ -298,7 +295,8 @@ def test_remove_expired_files_of_a_missing_directory_is_a_no_op(tmp_path: Path) 
 def test_cleanup_cache_evicts_and_reports(tmp_path: Path, cache_dir: Path) -> None:
     m = publish(tmp_path, cache_dir, {"keep": 4 * KiB, "old": 4 * KiB, "gone": 4 * KiB})
     set_last_used(m.cache, "model/old/v1", NOW - timedelta(days=90))
-    stale_part = m.cache.part_path(m.asset("keep")).with_name(".v0.0123456789ab.part")
+    stale_part = m.cache.root / "model/keep/.work/v0/0123456789ab.part"
+    stale_part.parent.mkdir(parents=True)
     stale_part.write_bytes(b"x")
     age(stale_part, timedelta(days=2))
     proj = project(tmp_path, {"keep": 4 * KiB, "old": 4 * KiB})
@@ -311,3 +309,47 @@ def test_cleanup_cache_evicts_and_reports(tmp_path: Path, cache_dir: Path) -> No
     assert report.freed_bytes == sum(e.size for e in report.evicted) > 8 * KiB
     assert sorted(entries_by_key(m.cache)) == ["model/keep/v1"]
     assert m.status("keep").status == "cached"
+
+
+# --- a cache shared by projects ---------------------------------------------------------------------
+
+
+def other_project(tmp_path: Path, sizes: dict[str, int]) -> Project:
+    """Another project (its own file and name) declaring local assets, for a shared cache."""
+    home = tmp_path / "other"
+    home.mkdir(exist_ok=True)
+    assets = []
+    for name, size in sizes.items():
+        (home / f"{name}.bin").write_bytes(os.urandom(size))
+        assets.append({"name": name, "version": "v1", "source": {"type": "local", "path": f"{name}.bin"}})
+    return project_from_dict({"name": "other", "assets": assets}, base_dir=home, source=str(home / "flowmas.yaml"))
+
+
+def test_one_projects_cleanup_never_evicts_another_projects_assets_as_undeclared(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    mine = publish(tmp_path, cache_dir, {"mine": 4 * KiB, "dropped": 4 * KiB})
+    theirs = manager(other_project(tmp_path, {"theirs": 4 * KiB, "mine": 4 * KiB}), cache_dir)
+    assert theirs.download("theirs").fetched
+    now_mine = project(tmp_path, {"mine": 4 * KiB})  # "dropped" is no longer declared by this project
+
+    report = cleanup_cache(mine.cache, now_mine, max_unused_days=30, now=NOW)
+
+    assert {e.entry.key: e.reason for e in report.evicted} == {"model/dropped/v1": "not declared"}
+    assert theirs.status("theirs").status == "cached"  # declared by the other project only: kept
+    record = theirs.cache.read_record(cache_dir / "model/theirs/v1")
+    assert record is not None and record.project is not None and record.project.name == "other"
+
+
+def test_another_projects_entry_is_still_evicted_when_unused_or_damaged(tmp_path: Path, cache_dir: Path) -> None:
+    mine = publish(tmp_path, cache_dir, {"mine": 10})
+    theirs = manager(other_project(tmp_path, {"old": 10, "broken": 10}), cache_dir)
+    for name in ("old", "broken"):
+        theirs.download(name)
+    set_last_used(theirs.cache, "model/old/v1", NOW - timedelta(days=60))
+    (cache_dir / "model/broken/v1" / RECORD).write_text("{not json")
+
+    plan = plan_cleanup(mine.cache.entries(), declared_identities(mine.project), project=mine.project.ref,
+                        now=NOW, max_unused_days=30)
+
+    assert planned(plan) == {"model/old/v1": "unused", "model/broken/v1": "damaged"}

@@ -38,14 +38,16 @@ def test_download_verifies_and_publishes(http_server, make_manager, cache_dir):
 
     result = manager.download("model")
 
-    assert result.fetched and result.path == cache_dir / "model/model/latest/model.bin"
+    assert result.fetched and result.path == cache_dir / "model/model/latest/data/model.bin"
     assert result.path.read_bytes() == DATA
-    record = json.loads((result.path.parent / ".asset_info.json").read_text())
-    assert record["sha256"] == DIGEST and record["size"] == len(DATA)
+    record = json.loads((cache_dir / "model/model/latest/record.json").read_text())
+    assert record["sha256"] == DIGEST and record["size"] == len(DATA) and record["path"] == "data/model.bin"
     assert record["source"] == {"type": "http", "url": http_server.url_for("/model.bin")}
-    assert record["etag"] and record["downloaded_at"] and record["last_used_at"]
+    assert record["etag"] and record["downloaded_at"]
+    assert record["project"]["name"] == "test" and record["project"]["file"].endswith("flowmas.yaml")
     assert cache_files(cache_dir) == ["model", "model/model", "model/model/latest",
-                                      "model/model/latest/.asset_info.json", "model/model/latest/model.bin"]
+                                      "model/model/latest/data", "model/model/latest/data/model.bin",
+                                      "model/model/latest/record.json"]
 
 
 async def test_cache_hit_makes_no_request_and_does_not_rehash(http_server, make_manager):
@@ -87,7 +89,7 @@ def test_interrupted_download_without_retries_keeps_the_part_for_the_next_call(h
 
     with pytest.raises(TransientDownloadError, match="resumes"):
         manager.download("model")
-    assert manager.status("model").status == "not_cached"
+    assert manager.status("model").status == "not cached"
     assert manager.cache.part_path(manager.asset("model")).stat().st_size == 2**20
 
     manager.download("model")
@@ -141,9 +143,10 @@ def test_retries_exhausted_raise_transient_and_leave_no_entry(http_server, make_
     manager = make_manager([http_asset(http_server.url_for("/model.bin"), retries=2)])
     with pytest.raises(TransientDownloadError) as info:
         manager.download("model")
-    assert info.value.status_code == 503
+    assert info.value.status_code == 503 and str(info.value).endswith("Gave up after 3 attempts.")
+    assert "retry" not in str(info.value).lower().replace("gave up", "")
     assert len(http_server.requests_for("/model.bin")) == 3
-    assert manager.status("model").status == "not_cached"
+    assert manager.status("model").status == "not cached"
 
 
 @pytest.mark.parametrize("code, error", [(401, AuthenticationError), (403, AuthenticationError),
@@ -224,7 +227,7 @@ def test_checksum_mismatch_removes_the_part_and_keeps_the_cache_as_it_was(http_s
     manager = make_manager([http_asset(http_server.url_for("/model.bin"))])
     manager.download("model")
     before = cache_files(cache_dir)
-    old_record = (cache_dir / "model/model/latest/.asset_info.json").read_text()
+    old_record = (cache_dir / "model/model/latest/record.json").read_text()
 
     http_server.add("/model.bin", b"tampered" + DATA[8:])
     with pytest.raises(ChecksumMismatchError) as info:
@@ -234,8 +237,8 @@ def test_checksum_mismatch_removes_the_part_and_keeps_the_cache_as_it_was(http_s
     assert info.value.actual == "sha256:" + hashlib.sha256(b"tampered" + DATA[8:]).hexdigest()
     assert "cache is unchanged" in str(info.value)
     assert cache_files(cache_dir) == before
-    assert (cache_dir / "model/model/latest/.asset_info.json").read_text() == old_record
-    assert (cache_dir / "model/model/latest/model.bin").read_bytes() == DATA
+    assert (cache_dir / "model/model/latest/record.json").read_text() == old_record
+    assert (cache_dir / "model/model/latest/data/model.bin").read_bytes() == DATA
 
 
 def test_changed_url_under_same_version_is_detected_not_served_stale(http_server, make_manager):
@@ -273,7 +276,7 @@ def test_tampered_file_is_not_a_hit(http_server, make_manager):
 
 def test_unreachable_server_is_transient(make_manager):
     manager = make_manager([http_asset("http://127.0.0.1:9/model.bin")])
-    with pytest.raises(TransientDownloadError, match="Could not reach"):
+    with pytest.raises(TransientDownloadError, match="could not reach http://127.0.0.1:9/model.bin"):
         manager.download("model")
 
 

@@ -70,9 +70,9 @@ def test_zip_is_unpacked_into_the_version_directory(tmp_path, make_manager):
 
     path = manager.download("prompts").path
 
-    assert path == manager.cache.entry_dir(manager.asset("prompts"))
+    assert path == manager.cache.entry_dir(manager.asset("prompts")) / "data"
+    assert sorted(p.relative_to(path).as_posix() for p in path.rglob("*")) == ["a.txt", "sub", "sub/b.txt"]
     assert (path / "a.txt").read_text() == "A" and (path / "sub" / "b.txt").read_text() == "B"
-    assert not (path / "prompts.zip").exists()
     assert manager.get_asset_path_sync("prompts") == path  # a hit on a directory, no re-hash
     assert manager.verify("prompts").ok
 
@@ -111,7 +111,7 @@ def test_malicious_archive_is_refused_and_nothing_is_left(tmp_path, make_manager
     assert list((tmp_path / "outside").iterdir()) == []
     name_dir = cache_dir / "model" / "evil"
     assert list(name_dir.iterdir()) == []  # no entry, no part, no staging
-    assert manager.status("evil").status == "not_cached"
+    assert manager.status("evil").status == "not cached"
 
 
 def test_clear_removes_entry_and_require_cached_says_what_to_do(tmp_path, make_manager):
@@ -130,7 +130,9 @@ def test_clear_all_removes_undeclared_entries_and_leftovers(tmp_path, make_manag
     manager.download("w")
     stray = cache_dir / "model" / "old" / "1"
     stray.mkdir(parents=True)
-    manager.cache.part_path(manager.asset("w")).write_bytes(b"partial")
+    part = manager.cache.part_path(manager.asset("w"))
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"partial")
     assert manager.clear_all() == 2
     assert [p for p in cache_dir.rglob("*") if p.is_file() and ".locks" not in p.parts] == []
 

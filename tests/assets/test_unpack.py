@@ -427,14 +427,15 @@ def test_too_many_members_is_refused(lay: Layout) -> None:
     archive = make_tar(lay.archives / "a.tar", [t_file(f"f{i}") for i in range(4)])
     err = refused(lay, archive, "tar", limits=UnpackLimits(max_members=3))
     assert err.member == "f3"
-    assert "limit of 3 members" in str(err)
+    assert "limit of 3 members (FLOWMAS_UNPACK_MAX_MEMBERS=3)" in str(err)
 
 
 def test_declared_size_over_limit_is_refused_tar(lay: Layout) -> None:
     archive = make_tar(lay.archives / "a.tar", [t_file("a", b"x" * 600), t_file("b", b"x" * 600)])
     err = refused(lay, archive, "tar", limits=UnpackLimits(max_total_bytes=1000))
     assert err.member == "b"
-    assert "declared unpacked size to 1200 bytes" in str(err)
+    expected = "declared unpacked size to 1200 bytes, over the limit of 1000 bytes (FLOWMAS_UNPACK_MAX_BYTES=1000)"
+    assert expected in str(err)
 
 
 def test_zip_bomb_with_honest_header_is_refused_before_extracting(lay: Layout) -> None:
@@ -442,7 +443,7 @@ def test_zip_bomb_with_honest_header_is_refused_before_extracting(lay: Layout) -
     assert archive.stat().st_size < 16 * 1024  # highly compressible: a small file, a big unpack
     err = refused(lay, archive, "zip", limits=UnpackLimits(max_total_bytes=MiB))
     assert err.member == "zeros.bin"
-    assert "over the limit of 1048576 bytes" in str(err)
+    assert "over the limit of 1.0 MiB (FLOWMAS_UNPACK_MAX_BYTES=1048576)" in str(err)
 
 
 def _lie_about_size(archive: Path, claimed: int) -> None:
@@ -485,7 +486,8 @@ def test_actual_bytes_cap_stops_a_member_that_lies_about_its_size(
     archive = _lying_tar(lay, monkeypatch)
     err = refused(lay, archive, "tar", limits=UnpackLimits(max_total_bytes=MiB))
     assert err.member == "b.bin"
-    assert "bytes actually unpacked past the limit of 1048576 bytes" in str(err)
+    expected = "bytes actually unpacked to 1048580 bytes, over the limit of 1048576 bytes (FLOWMAS_UNPACK_MAX_BYTES="
+    assert expected in str(err)
 
 
 def test_member_yielding_more_than_declared_is_refused(lay: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -502,7 +504,7 @@ def test_truncated_tar_gz_is_an_unpack_error(lay: Layout) -> None:
     archive = make_tar(lay.archives / "a.tar.gz", [t_file("a.bin", os.urandom(64 * 1024))], "tar.gz")
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     err = broken(lay, archive, "tar.gz")
-    assert "a.tar.gz (tar.gz, asset 'model')" in str(err)
+    assert str(err).startswith("Cannot unpack asset 'model' (tar.gz): ")
 
 
 def test_plain_tar_cut_at_a_member_boundary_is_an_unpack_error(lay: Layout) -> None:
@@ -538,6 +540,45 @@ def test_wrong_declared_format_is_an_unpack_error(lay: Layout, actual: str, decl
         archive = make_tar(lay.archives / "a.bin", [t_file("a.txt", b"a")], actual)
     err = broken(lay, archive, declared)
     assert f"not a {declared} archive" in str(err)
+
+
+def test_messages_name_asset_and_source_else_the_file(lay: Layout) -> None:
+    archive = make_tar(lay.archives / "m.tar.latest.0a1b2c.part", [t_file("a"), t_file("/abs")])
+    source = "http: https://example.com/models/m.tar"
+    cases = [
+        ({"asset": "model", "source": source}, f"Refusing to unpack asset 'model' ({source}, tar): member '/abs'"),
+        ({"asset": "model"}, "Refusing to unpack asset 'model' (tar): member '/abs'"),
+        ({"source": source}, f"Refusing to unpack {source} (tar): member '/abs'"),
+        ({}, "Refusing to unpack m.tar.latest.0a1b2c.part (tar): member '/abs'"),  # direct library use
+    ]
+    for kwargs, start in cases:
+        with pytest.raises(UnsafeArchiveError) as info:
+            unpack_archive(archive, lay.dest, "tar", **kwargs)  # type: ignore[arg-type]
+        assert str(info.value).startswith(start)
+        lay.assert_untouched()
+
+
+def test_default_limits() -> None:
+    assert UnpackLimits() == UnpackLimits(max_total_bytes=64 * 2**30, max_members=200_000, max_ratio=100.0)
+
+
+def test_small_archive_with_a_high_ratio_is_unpacked(lay: Layout) -> None:
+    """Below the 16 MiB floor the ratio is not checked: a tiny zip of repetitive text is fine."""
+    text = b"the same line of a log file, again and again\n" * 2300  # ~100 KiB
+    archive = make_zip(lay.archives / "log.zip", [("log.txt", text)])
+    assert len(text) / archive.stat().st_size > 100  # well over the default ratio
+
+    assert unpack_archive(archive, lay.dest, "zip") == [UnpackedFile("log.txt", len(text), sha(text))]
+
+
+def test_ratio_applies_past_the_floor(lay: Layout) -> None:
+    archive = make_tar(lay.archives / "a.tar.gz", [t_file("zeros.bin", bytes(17 * MiB))], "tar.gz")
+    ratio = 17 * MiB / archive.stat().st_size
+    err = refused(lay, archive, "tar.gz", limits=UnpackLimits(max_ratio=ratio - 1))
+    assert err.member == "zeros.bin"
+    assert "FLOWMAS_UNPACK_MAX_RATIO" in str(err)
+    unpack_archive(archive, lay.dest, "tar.gz", limits=UnpackLimits(max_ratio=ratio + 1))
+    assert (lay.dest / "zeros.bin").stat().st_size == 17 * MiB
 
 
 def test_unknown_format_is_an_unpack_error(lay: Layout) -> None:
