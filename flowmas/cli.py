@@ -1,6 +1,10 @@
-"""The ``flowmas`` command. Results go to stdout, logs to stderr.
+"""The ``flowmas`` command. Results go to stdout, logs and errors to stderr.
 
-Exit codes: 0 success; 1 a download or verification failed; 2 bad usage or configuration.
+No input ends in a traceback: every failure goes through ``flowmas.errors.explain`` (one sentence, one
+exit code) in ``FlowmasGroup.invoke``; ``-v`` adds the traceback of an unexpected one to the debug log.
+
+Exit codes: 0 success; 1 a download or verification failed; 2 bad usage or configuration; 3 a prompt
+was declined (nothing changed); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,36 +14,74 @@ import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer import _click as click  # typer vendors click: its Context and exceptions are these
+from typer.core import TyperGroup
 
+import flowmas
 from flowmas.assets.manager import AssetManager, DownloadResult
-from flowmas.errors import ConfigurationError, FlowmasError
+from flowmas.errors import EXIT_DECLINED, EXIT_FAILED, EXIT_USAGE, explain
 from flowmas.settings import FlowmasSettings, load_project
+from flowmas.text import human_size
 
-app = typer.Typer(help="flowmas: a Prefect 3 platform for multi-agent AI systems.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+log = logging.getLogger("flowmas.cli")
+VERBOSE = ("-v", "--verbose")
+HELP = {"help_option_names": ["-h", "--help"]}
+
+
+class FlowmasGroup(TyperGroup):
+    """The command group: ``-v`` anywhere on the line, and every failure said as one sentence."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        head, tail = (args[: args.index("--")], args[args.index("--"):]) if "--" in args else (args, [])
+        verbose = [arg for arg in head if arg in VERBOSE]
+        head = [arg for arg in head if arg not in VERBOSE]
+        return super().parse_args(ctx, verbose[:1] + head + tail)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except BaseException as exc:  # the one place every failure becomes a sentence
+            explanation = explain(exc)
+            log.debug("%s", explanation.message, exc_info=True)
+            say_error(explanation.message)
+            raise typer.Exit(explanation.exit_code) from None
+
+
+app = typer.Typer(cls=FlowmasGroup, help="flowmas: a Prefect 3 platform for multi-agent AI systems.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP)
 assets_app = typer.Typer(help="Declared models, indexes and templates: download, verify, clear.",
-                         no_args_is_help=True)
+                         no_args_is_help=True, context_settings=HELP)
 app.add_typer(assets_app, name="assets")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 ProjectOption = Annotated[
     Path | None,
     typer.Option("--project", "-p", help="Project file (default: FLOWMAS_PROJECT, or flowmas.yaml found upwards)."),
 ]
-MiB = 2**20
+
+
+def say(text: str) -> None:
+    out.print(escape(text))
+
+
+def say_error(text: str, label: str = "error") -> None:
+    err.print(f"[red]{label}:[/red] {escape(text)}")
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is at the time of the record (test runners swap it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> object:
         return sys.stderr
 
@@ -52,8 +94,18 @@ _log_handler = _StderrHandler()
 _log_handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        say(f"flowmas {flowmas.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option(*VERBOSE, help="Debug logging (tracebacks of unexpected errors).")] = False,
+    version: Annotated[bool | None, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                 help="Print the version and exit.")] = None,
+) -> None:
     logger = logging.getLogger("flowmas")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     if _log_handler not in logger.handlers:
@@ -61,23 +113,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 
 def _manager(project: Path | None) -> AssetManager:
-    try:
-        settings = FlowmasSettings()
-        return AssetManager(load_project(project, settings=settings), settings=settings)
-    except ConfigurationError as exc:
-        _fail(exc, 2)
-
-
-def _fail(exc: BaseException, code: int) -> typer.Exit:  # type: ignore[return]
-    err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-    raise typer.Exit(code)
-
-
-def _names(manager: AssetManager, names: list[str] | None) -> list[str]:
-    try:
-        return [asset.name for asset in manager.select(names or None)]
-    except ConfigurationError as exc:
-        _fail(exc, 2)
+    settings = FlowmasSettings()
+    return AssetManager(load_project(project, settings=settings), settings=settings)
 
 
 @assets_app.command("list")
@@ -94,8 +131,8 @@ def list_assets(
     table = Table("Name", "Version", "Type", "Source", "Checksum", "Status", "Path", title="flowmas assets")
     for row in rows:
         checksum = f"{row.checksum[:15]}…" if row.checksum else "-"
-        table.add_row(row.name, row.version, row.asset_type, row.source, checksum, row.status,
-                      str(row.path or "-"))
+        table.add_row(*(escape(cell) for cell in (row.name, row.version, row.asset_type, row.source, checksum,
+                                                  row.status, str(row.path or "-"))))
     out.print(table)
 
 
@@ -103,35 +140,36 @@ def list_assets(
 def download(
     names: Annotated[list[str] | None, typer.Argument(help="Assets to fetch (default: all).")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Download again even if cached.")] = False,
-    concurrency: Annotated[int, typer.Option(min=1, help="Downloads at once.")] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Downloads at once.")] = 4,
     project: ProjectOption = None,
 ) -> None:
-    """Fetch assets into the cache (one download per asset, however many processes ask)."""
-    with _manager(project) as manager:
-        selected = _names(manager, names)
+    """Fetch assets into the cache (one download per asset, however many processes ask).
 
-        def fetch(name: str) -> DownloadResult | FlowmasError:
+    Every asset is reported, fetched or failed; one failure never hides the others' results.
+    """
+    with _manager(project) as manager:
+        selected = [asset.name for asset in manager.select(names or None)]
+
+        def fetch(name: str) -> DownloadResult | Exception:
             try:
                 return manager.download(name, force=force)
-            except ConfigurationError as exc:
-                _fail(exc, 2)
-            except FlowmasError as exc:
+            except Exception as exc:  # noqa: BLE001 - reported per asset below, as a sentence
                 return exc
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             results = list(pool.map(fetch, selected))
-    failed = 0
+    codes = []
     for name, result in zip(selected, results, strict=True):
-        if isinstance(result, FlowmasError):
-            failed += 1
-            err.print(f"[red]failed[/red] {name}: {result}", highlight=False)
+        if isinstance(result, Exception):
+            explanation = explain(result)
+            codes.append(explanation.exit_code)
+            say_error(explanation.message, label=f"failed {name}")
         elif result.fetched:
-            out.print(f"{name}: {result.path} (fetched {result.size / MiB:.1f} MiB in {result.seconds:.1f} s)",
-                      highlight=False)
+            say(f"{name}: {result.path} (fetched {human_size(result.size)} in {result.seconds:.1f} s)")
         else:
-            out.print(f"{name}: {result.path} (cached)", highlight=False)
-    if failed:
-        raise typer.Exit(1)
+            say(f"{name}: {result.path} (cached)")
+    if codes:
+        raise typer.Exit(max(codes))
 
 
 @assets_app.command("verify")
@@ -141,14 +179,14 @@ def verify(
 ) -> None:
     """Re-hash cached assets against their records and declared checksums."""
     with _manager(project) as manager:
-        results = [manager.verify(name) for name in _names(manager, names)]
+        results = [manager.verify(asset.name) for asset in manager.select(names or None)]
     for result in results:
         detail = f": {result.detail}" if result.detail else ""
-        out.print(f"{result.name}: {result.status.replace('_', ' ')}{detail}", highlight=False)
+        say(f"{result.name}: {result.status}{detail}")
     if any(result.status in ("failed", "stale") for result in results):
-        raise typer.Exit(1)
-    if names and any(result.status == "not_cached" for result in results):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
+    if names and any(result.status == "not cached" for result in results):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @assets_app.command("clear-cache")
@@ -158,25 +196,25 @@ def clear_cache(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     project: ProjectOption = None,
 ) -> None:
-    """Remove cached assets, taking each entry's lock (a running download finishes first)."""
+    """Remove cached assets and their leftovers, taking each entry's lock (a running download finishes first)."""
     if (asset is None) == (not all_):
-        err.print("error: give exactly one of --asset NAME or --all")
-        raise typer.Exit(2)
+        say_error("give exactly one of --asset NAME or --all")
+        raise typer.Exit(EXIT_USAGE)
     with _manager(project) as manager:
+        if asset:
+            manager.asset(asset)  # an unknown name is refused before asking anything
         what = f"asset {asset!r}" if asset else f"every asset in {manager.cache.root}"
         if not yes:
             if not sys.stdin.isatty():
-                err.print("error: not a terminal, cannot ask for confirmation; pass --yes")
-                raise typer.Exit(2)
-            typer.confirm(f"Remove {what} from the cache?", abort=True)
+                say_error("not a terminal, cannot ask for confirmation; pass --yes")
+                raise typer.Exit(EXIT_USAGE)
+            if not typer.confirm(f"Remove {what} from the cache?", default=False):
+                say("Nothing removed.")
+                raise typer.Exit(EXIT_DECLINED)
         if asset:
-            try:
-                removed = manager.clear(asset)
-            except ConfigurationError as exc:
-                _fail(exc, 2)
-            out.print(f"{asset}: {'removed' if removed else 'was not cached'}")
+            say(f"{asset}: {'removed' if manager.clear(asset) else 'not cached (nothing to remove)'}")
         else:
-            out.print(f"removed {manager.clear_all()} cache entries from {manager.cache.root}")
+            say(f"removed {manager.clear_all()} cache entries from {manager.cache.root}")
 
 
 @app.command("up")
@@ -184,9 +222,10 @@ def up(
     project: ProjectOption = None,
     prefect_yaml: Annotated[Path | None, typer.Option(help="Deployments to serve (default: the repo's).")] = None,
     host: Annotated[str, typer.Option(help="Address of the local Prefect server.")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="Its port (default 4200 if free, else any; 0: any).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535,
+                                             help="Its port (default 4200 if free, else any; 0: any).")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None,
-    server_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 120.0,
+    server_timeout: Annotated[float, typer.Option(min=1, max=3600, help="Seconds to wait for the server.")] = 120.0,
 ) -> None:
     """Run flowmas: a local Prefect server (unless PREFECT_API_URL is set) serving every deployment."""
     from flows.serve import ServiceStartError, run_up
@@ -196,10 +235,9 @@ def up(
                server_timeout=server_timeout)
     except KeyboardInterrupt:
         pass  # Ctrl-C during start-up: whatever had started is stopped
-    except ConfigurationError as exc:
-        _fail(exc, 2)
     except ServiceStartError as exc:
-        _fail(exc, 1)
+        say_error(str(exc))
+        raise typer.Exit(EXIT_FAILED) from None
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from dotenv import load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from flowmas.assets.manifest import AssetConfig, shorten
+from flowmas.assets.manifest import AssetConfig
 from flowmas.assets.record import ProjectRef
 from flowmas.errors import ConfigurationError, UnknownAssetError
+from flowmas.text import shorten
 
 PROJECT_FILENAMES = ("flowmas.yaml", "flowmas.yml", "openmas_project.yml", "openmas_project.yaml")
 

@@ -277,6 +277,10 @@ class AssetCache:
         _prune(work)
         return removed
 
+    def tidy(self, asset: AssetConfig) -> None:
+        """Remove the entry's ``.work`` if nothing is left in it (after a failure, with its lock held)."""
+        _prune(self.work_dir(asset))
+
     def clear_work(self, directory: Path) -> None:
         """Remove the whole ``.work`` of an entry (its lock held): partial downloads included."""
         work = work_dir_of(directory)
@@ -449,8 +453,10 @@ def _prune(work: Path) -> None:
     for directory in (work, work.parent):
         try:
             directory.rmdir()
+        except FileNotFoundError:
+            continue
         except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 log.debug("Could not remove %s: %s", directory, exc)
             return
 

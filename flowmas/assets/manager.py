@@ -182,6 +182,8 @@ class AssetManager:
                 raise
             except OSError as exc:
                 raise self._os_error(asset, exc) from None
+            finally:
+                self.cache.tidy(asset)
         log.info("Fetched %s (%s) into %s", asset.name, asset.describe_source(), path)
         return self._result(asset, path, True, started)
 

@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from flowmas.assets.unpack import ArchiveFormat
+from flowmas.text import shorten
 
 SAFE_SEGMENT = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 """Names, versions and types become directory names in the cache: no separators, no leading dot."""
@@ -306,11 +307,6 @@ class AssetConfig(Strict):
                 return f"hf: {source.repo_id}@{source.revision} (snapshot)"
             return f"hf: {source.repo_id}/{source.filename}@{source.revision}"
         return f"local: {source.path}"
-
-
-def shorten(text: str, limit: int = 60) -> str:
-    """Long user-supplied names cut to ``limit`` characters for messages (the full name is never needed)."""
-    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def file_name_problem(name: str) -> str | None:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, Protocol, cast
 
 from flowmas.errors import DiskSpaceError, UnpackError, UnsafeArchiveError
+from flowmas.text import human_size, one_line
 
 __all__ = ["ArchiveFormat", "UnpackLimits", "UnpackedFile", "single_file", "unpack_archive"]
 
@@ -224,23 +225,6 @@ def _show(name: str) -> str:
     return shown if len(name) <= _MAX_SHOWN else f"{shown} ({len(name)} characters)"
 
 
-def _one_line(text: str) -> str:
-    """Free text (a source, a reader's error) with unprintable characters escaped, as ``repr`` would."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
-def _size(nbytes: int) -> str:
-    """Bytes in binary units, as ``df -h`` prints them; exact below 10 KiB, where rounding would mislead."""
-    if nbytes < 10 * 1024:
-        return f"{nbytes} bytes"
-    value = float(nbytes)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-    return f"{value / 1024:.1f} PiB"
-
-
 @dataclass(frozen=True)
 class _Context:
     """What every error message needs: which asset from which source, or failing those which file."""
@@ -252,10 +236,10 @@ class _Context:
 
     def where(self) -> str:
         """``asset 'model' (http: https://…/m.zip, zip)``; the archive's file name without asset and source."""
-        source = _elide(_one_line(self.source), 2 * _MAX_SHOWN) if self.source else ""
+        source = _elide(one_line(self.source), 2 * _MAX_SHOWN) if self.source else ""
         if self.asset:
             return f"asset {_show(self.asset)} ({source + ', ' if source else ''}{self.fmt})"
-        return f"{source or _one_line(self.archive.name)} ({self.fmt})"
+        return f"{source or one_line(self.archive.name)} ({self.fmt})"
 
     def unsafe(self, member: str, reason: str, fix: str = _REPACK) -> UnsafeArchiveError:
         return UnsafeArchiveError(
@@ -285,13 +269,14 @@ class _Context:
         try:
             yield
         except _READ_ERRORS as exc:
-            raise self.corrupt(f"{type(exc).__name__}: {_one_line(str(exc))}") from exc
+            raise self.corrupt(f"{type(exc).__name__}: {one_line(str(exc))}") from exc
 
     def no_space(self, directory: Path, needed: int, free: int, reserve: int) -> DiskSpaceError:
         return DiskSpaceError(
-            f"Not enough disk space to unpack {self.where()}: it unpacks to {_size(needed)}, but {directory} "
-            f"has {_size(free)} free and flowmas leaves {_size(reserve)} of that untouched. The destination was "
-            f"not created; free some space there, or move the asset cache to a larger disk with {_CACHE_SETTING}.",
+            f"Not enough disk space to unpack {self.where()}: it unpacks to {human_size(needed)}, but {directory} "
+            f"has {human_size(free)} free and flowmas leaves {human_size(reserve)} of that untouched. The "
+            "destination was not created; free some space there, or move the asset cache to a larger disk with "
+            f"{_CACHE_SETTING}.",
             asset=self.asset,
         )
 
@@ -305,8 +290,8 @@ class _Context:
                 raise
             raise DiskSpaceError(
                 f"Ran out of disk space unpacking {self.where()} into {directory}: {_NO_SPACE_ERRNOS[exc.errno]}. "
-                f"It unpacks to {_size(needed)} and {_size(free)} was free when unpacking began (other writers, "
-                "and files taking whole blocks on disk, can use more). The destination was not created; free "
+                f"It unpacks to {human_size(needed)} and {human_size(free)} was free when unpacking began (other "
+                "writers, and files taking whole blocks on disk, can use more). The destination was not created; free "
                 f"some space there, or move the asset cache to a larger disk with {_CACHE_SETTING}.",
                 asset=self.asset,
             ) from exc
@@ -488,7 +473,7 @@ class _Caps:
         """Refuse when `total` (`what`: declared or written) passes the size cap, or the ratio past its floor."""
         limits, size = self.limits, self._archive_size
         if total > limits.max_total_bytes:
-            shown, cap = _size(total), _size(limits.max_total_bytes)
+            shown, cap = human_size(total), human_size(limits.max_total_bytes)
             if shown == cap:  # "1.0 MiB, over the limit of 1.0 MiB" would read as a bug
                 shown, cap = f"{total} bytes", f"{limits.max_total_bytes} bytes"
             raise self._ctx.unsafe(
@@ -500,9 +485,10 @@ class _Caps:
         if total > _RATIO_FLOOR and total > limits.max_ratio * size:
             raise self._ctx.unsafe(
                 member,
-                f"takes {what} to {_size(total)}, {total / max(size, 1):,.0f} times the archive's {_size(size)}: "
+                f"takes {what} to {human_size(total)}, {total / max(size, 1):,.0f} times the archive's "
+                f"{human_size(size)}: "
                 f"over the limit of {limits.max_ratio:g} times ({_MAX_RATIO_SETTING}={limits.max_ratio:g}) for "
-                f"archives that unpack to more than {_size(_RATIO_FLOOR)}, the mark of an archive bomb",
+                f"archives that unpack to more than {human_size(_RATIO_FLOOR)}, the mark of an archive bomb",
                 f"if the archive legitimately compresses this well, raise {_MAX_RATIO_SETTING}",
             )
 

@@ -434,7 +434,7 @@ def test_declared_size_over_limit_is_refused_tar(lay: Layout) -> None:
     archive = make_tar(lay.archives / "a.tar", [t_file("a", b"x" * 600), t_file("b", b"x" * 600)])
     err = refused(lay, archive, "tar", limits=UnpackLimits(max_total_bytes=1000))
     assert err.member == "b"
-    expected = "declared unpacked size to 1200 bytes, over the limit of 1000 bytes (FLOWMAS_UNPACK_MAX_BYTES=1000)"
+    expected = "declared unpacked size to 1.2 KiB, over the limit of 1000 B (FLOWMAS_UNPACK_MAX_BYTES=1000)"
     assert expected in str(err)
 
 

@@ -218,7 +218,7 @@ def test_zip_declared_sizes_over_max_total_bytes_are_refused(scene: Scene) -> No
     err, message = refused(scene, archive, "zip", UnsafeArchiveError, max_total_bytes=1000)
 
     assert err.member == "b.bin"  # the member that takes the total over, named before anything is written
-    assert "declared unpacked size to 1200 bytes, over the limit of 1000 bytes" in message
+    assert "declared unpacked size to 1.2 KiB, over the limit of 1000 B" in message
     assert "(FLOWMAS_UNPACK_MAX_BYTES=1000)" in message
     assert message.endswith("raise FLOWMAS_UNPACK_MAX_BYTES.")
 
@@ -270,7 +270,7 @@ def test_disk_filling_up_while_writing_is_a_disk_space_error(scene: Scene, small
 
     assert isinstance(err.__cause__, OSError) and err.__cause__.errno == errno.ENOSPC
     assert message.startswith(f"Ran out of disk space unpacking asset 'model' ({SOURCE}, tar) into {disk.parent}")
-    assert "the disk is full. It unpacks to 800 bytes and 2.0 MiB was free when unpacking began" in message
+    assert "the disk is full. It unpacks to 800 B and 2.0 MiB was free when unpacking began" in message
     assert "move the asset cache to a larger disk with FLOWMAS_ASSETS_DIR" in message
     assert shutil.disk_usage(disk.parent).used == 0  # every partial file is gone
 

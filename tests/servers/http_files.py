@@ -11,7 +11,10 @@ sockets without any extra dependency. The HTTP subset reproduced is the one a re
   (ETag or date, strong comparison); multi-range or malformed ``Range`` headers are ignored (a full
   ``200``), which RFC 9110 permits;
 * exact-match request-header checks (bearer tokens, API keys) answered with ``401``;
-* per-request scripted faults: arbitrary statuses, redirects, truncated bodies and throttled bodies.
+* per-request scripted faults: arbitrary statuses, redirects, truncated bodies and throttled bodies;
+* servers that lie: ``if_range=False`` ignores ``If-Range`` (splicing versions), and scripted ``status``
+  answers can send a ``206``/``416`` nobody asked for, ``Content-Encoding`` bodies or a ``Location``-less
+  redirect.
 
 Not reproduced: conditional GETs (``If-None-Match`` / ``304``), content coding, request bodies, methods
 other than GET/HEAD (the stdlib answers ``501``). Paths are matched literally, without percent-decoding;
@@ -30,7 +33,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -140,6 +143,7 @@ class RequestRecord:
     range: str | None  # raw Range header
     status: int
     query: str = ""
+    at: float = field(default_factory=time.monotonic)  # when it was answered (time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ class _Entry:
     last_modified: str | None
     ranges: bool
     require_headers: dict[str, str]
+    if_range: bool = True
 
 
 class _Unsatisfiable(Exception):
@@ -289,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
             entry.ranges
             and not head  # RFC 9110: Range is only defined for GET
             and range_header is not None
-            and (if_range is None or _if_range_matches(if_range, etag, entry.last_modified))
+            and (if_range is None or not entry.if_range or _if_range_matches(if_range, etag, entry.last_modified))
         ):
             try:
                 span = _parse_range(range_header, total)
@@ -470,13 +475,17 @@ class FileServer:
         last_modified: str | None = None,
         ranges: bool = True,
         require_headers: dict[str, str] | None = None,
+        if_range: bool = True,
     ) -> None:
         """Register ``data`` at ``path``. Files are served from disk on each request (never loaded), and
-        their auto ETag follows size+mtime_ns so rewriting a file mid-test invalidates resumes."""
+        their auto ETag follows size+mtime_ns so rewriting a file mid-test invalidates resumes.
+
+        ``if_range=False`` makes a server that ignores ``If-Range`` (a broken cache or proxy): it answers
+        any ``Range`` with a ``206`` of the current file, even when the client's validator is stale."""
         body: bytes | Path = Path(data) if isinstance(data, os.PathLike) else bytes(data)
         if etag == _AUTO and isinstance(body, bytes):
             etag = f'"{hashlib.sha1(body).hexdigest()}"'
-        entry = _Entry(body, etag, last_modified, ranges, dict(require_headers or {}))
+        entry = _Entry(body, etag, last_modified, ranges, dict(require_headers or {}), if_range)
         with self._lock:
             self._files[path] = entry
 
