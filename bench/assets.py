@@ -4,6 +4,7 @@ Run it with ``make bench`` (which runs ``.venv/bin/python bench/assets.py``) or 
 
     .venv/bin/python bench/assets.py                        # 1 GiB, 3 repetitions (~1.5 min on 2 cores)
     .venv/bin/python bench/assets.py --size-mib 256 --reps 1 --json /tmp/bench.json
+    .venv/bin/python bench/assets.py --only hub             # one measure (see --only); the others are skipped
 
 No ``PYTHONPATH`` is needed: the script puts the repository root first on ``sys.path`` so that ``flowmas``
 and ``tests.servers.http_files`` import from this checkout. Progress goes to stderr; the summary table
@@ -41,6 +42,14 @@ a shared 2-core machine move by 2x between runs.
    (target <= 1.55) and the re-transferred fraction (sent - size/2) / size (target <= 0.55). OpenMAS, which
    restarts from byte 0, is the baseline.
 
+5. Hugging Face Hub: one LFS file (``--hub-size-mib``, default 256 MiB: the local Hub of
+   ``tests.servers.hub`` holds its files in memory) served by that Hub on 127.0.0.1 (HEAD, then a 302 to its
+   CDN origin). flowmas ``AssetManager.download(name)`` of an ``hf`` asset (metadata, one streaming pass
+   that hashes, check against the Hub's sha256, publish) against ``huggingface_hub.hf_hub_download`` alone,
+   which downloads without verifying anything; both in fresh processes as in 1, each with a fresh HF cache
+   (so flowmas cannot link the file from one), interleaved, medians of ``--reps``. huggingface_hub is
+   imported before the clock starts in both. Ratio: flowmas / hf_hub_download (information, no target).
+
 OpenMAS 0.2.2 is installed by this script from PyPI into its own venv, kept between runs under
 ``~/.cache/flowmas-bench/openmas-0.2.2`` (``--openmas-venv``): ``python -m venv`` with this interpreter,
 then ``pip install openmas==0.2.2 'click<8.2'`` (typer 0.15.4, which openmas pulls in, already requires
@@ -53,6 +62,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -76,6 +86,7 @@ if str(REPO_ROOT) not in sys.path:
 from flowmas.assets.manager import AssetManager  # noqa: E402 - after the sys.path line above
 from flowmas.settings import FlowmasSettings, project_from_dict  # noqa: E402
 from tests.servers.http_files import FileServer, drop_after  # noqa: E402
+from tests.servers.hub import HubServer  # noqa: E402
 
 MiB = 2**20
 GiB = 2**30
@@ -87,6 +98,10 @@ DEFAULT_OPENMAS_VENV = Path("~/.cache/flowmas-bench") / f"openmas-{OPENMAS_VERSI
 WORKER_TIMEOUT = 900.0
 HIT_WARMUP = 20
 PROCESSES = 4
+MEASURES = ("cold", "hit", "flight", "resume", "hub")
+HTTP_MEASURES = frozenset(MEASURES) - {"hub"}
+HUB_REPO = "bench/model"
+HUB_FILENAME = "model.safetensors"
 
 _STARTED = time.monotonic()
 
@@ -142,7 +157,13 @@ OPENMAS_WORKER = textwrap.dedent(
 
 
 def flowmas_worker(spec: dict[str, Any]) -> None:
-    """flowmas side of the protocol (``bench/assets.py --worker SPEC``), run with this venv's Python."""
+    """flowmas side of the protocol (``bench/assets.py --worker SPEC``), run with this venv's Python.
+
+    ``spec["env"]`` is set first (HF_ENDPOINT, HF_HUB_CACHE...); ``spec["preload"]`` modules are imported
+    before the clock starts, as a baseline's imports are."""
+    os.environ.update(spec.get("env", {}))
+    for module in spec.get("preload", []):
+        importlib.import_module(module)
     project = project_from_dict({"name": "bench", "assets": [spec["asset"]]}, source="<bench>")
     manager = AssetManager(project, cache_dir=Path(spec["cache_dir"]), settings=FlowmasSettings())
     Path(spec["ready"]).write_text("ready")
@@ -169,6 +190,24 @@ def flowmas_worker(spec: dict[str, Any]) -> None:
         result.update(error=str(exc)[:500], error_type=f"{type(exc).__module__}.{type(exc).__qualname__}")
     finally:
         manager.close()
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
+def hf_worker(spec: dict[str, Any]) -> None:
+    """The Hub baseline (``bench/assets.py --hf-worker SPEC``): ``hf_hub_download`` alone, timed like flowmas."""
+    os.environ.update(spec.get("env", {}))  # before the import: huggingface_hub reads HF_* once, at import
+    from huggingface_hub import hf_hub_download
+
+    Path(spec["ready"]).write_text("ready")
+    result: dict[str, Any] = {"ok": False, "path": None, "size": None, "error": None, "error_type": None}
+    started = time.perf_counter()
+    try:
+        path = Path(hf_hub_download(spec["repo_id"], spec["filename"], endpoint=spec["endpoint"],
+                                    cache_dir=spec["hf_cache"], token=False))
+        result.update(ok=True, seconds=time.perf_counter() - started, path=str(path), size=path.stat().st_size)
+    except Exception as exc:
+        result["seconds"] = time.perf_counter() - started
+        result.update(error=str(exc)[:500], error_type=f"{type(exc).__module__}.{type(exc).__qualname__}")
     Path(spec["out"]).write_text(json.dumps(result))
 
 
@@ -237,8 +276,9 @@ def run_workers(
         run_dir = bench.fresh_dir(f"{impl}-worker{index}")
         spec = {**spec, "ready": str(run_dir / "ready"), "out": str(run_dir / "result.json"),
                 "wait_for_go": together}
-        if impl == "flowmas":
-            argv = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+        if impl in ("flowmas", "hf"):
+            flag = "--worker" if impl == "flowmas" else "--hf-worker"
+            argv = [sys.executable, str(Path(__file__).resolve()), flag, json.dumps(spec)]
         else:
             assert bench.openmas_python is not None
             argv = [str(bench.openmas_python), str(bench.openmas_script), json.dumps(spec)]
@@ -555,6 +595,49 @@ def measure_resume(bench: Bench) -> dict[str, ResumeResult]:
     return out
 
 
+@dataclass
+class HubResult:
+    size: int
+    hf_hub_download: list[float] = field(default_factory=list)
+    flowmas: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def medians(self) -> dict[str, float | None]:
+        return {"hf_hub_download": median(self.hf_hub_download), "flowmas": median(self.flowmas)}
+
+
+def measure_hub(bench: Bench) -> HubResult:
+    """One LFS file from the local Hub: flowmas (download + verify) against ``hf_hub_download`` alone."""
+    size = bench.args.hub_size_mib * MiB
+    result = HubResult(size=size)
+    progress(f"hub: {bench.args.hub_size_mib} MiB of random data into the local Hub (in memory)")
+    with HubServer() as hub:
+        hub.add_repo(HUB_REPO, {HUB_FILENAME: os.urandom(size)})
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        declaration = {"name": ASSET, "version": "1", "asset_type": "model",
+                       "source": {"type": "hf", "repo_id": HUB_REPO, "filename": HUB_FILENAME}}
+        for rep in range(bench.args.reps):
+            progress(f"hub, repetition {rep + 1}/{bench.args.reps}")
+            for impl in ("hf", "flowmas"):
+                run_dir = bench.fresh_dir(f"hub-{impl}-{rep}")
+                hf_cache = run_dir / "hf-cache"
+                spec: dict[str, Any] = {
+                    "env": {**env, "HF_HOME": str(run_dir / "hf-home"), "HF_HUB_CACHE": str(hf_cache)},
+                    "hf_cache": str(hf_cache), "endpoint": hub.url, "repo_id": HUB_REPO, "filename": HUB_FILENAME,
+                    "asset": declaration, "cache_dir": str(run_dir / "cache"), "call": "download", "hit_calls": 0,
+                    "preload": ["huggingface_hub", "huggingface_hub.errors", "httpx2"],
+                }
+                outcome = run_one(bench, impl, spec)
+                times = result.hf_hub_download if impl == "hf" else result.flowmas
+                if outcome.ok and outcome.size == size and outcome.seconds is not None:
+                    times.append(outcome.seconds)
+                    progress(f"  {'hf_hub_download' if impl == 'hf' else 'flowmas download'} {outcome.seconds:7.3f} s")
+                else:
+                    result.notes.append(f"hub {impl} rep {rep}: {outcome.error_type}: {outcome.error}")
+                shutil.rmtree(run_dir, ignore_errors=True)
+    return result
+
+
 # ------------------------------------------------------------------------------------------------- setup
 
 
@@ -667,13 +750,30 @@ def _met(condition: bool | None) -> str:
 
 def summarise(
     bench: Bench,
-    cold: ColdResult,
+    cold: ColdResult | None,
     hit: HitResult | None,
-    flight: dict[str, FlightResult],
-    resume: dict[str, ResumeResult],
+    flight: dict[str, FlightResult] | None,
+    resume: dict[str, ResumeResult] | None,
+    hub: HubResult | None = None,
 ) -> list[Row]:
-    """The table: one row per target (plus two informational hit rows)."""
+    """The table: one row per target (plus informational rows), for the measures that ran."""
     rows: list[Row] = []
+    if cold is not None:
+        _cold_rows(rows, bench, cold, hit)
+    if flight is not None:
+        _flight_rows(rows, flight)
+    if resume is not None:
+        _resume_rows(rows, resume)
+    if hub is not None:
+        m = hub.medians()
+        label = f"{hub.size / GiB:g} GiB" if hub.size >= GiB else f"{hub.size // MiB} MiB"
+        rows.append(Row(f"Hub LFS download+verify {label} (median of {len(hub.flowmas)})", _fmt_s(m["flowmas"]),
+                        f"hf_hub_download {_fmt_s(m['hf_hub_download'])}",
+                        _fmt_ratio(ratio(m["flowmas"], m["hf_hub_download"])), "(info)", "-"))
+    return rows
+
+
+def _cold_rows(rows: list[Row], bench: Bench, cold: ColdResult, hit: HitResult | None) -> None:
     m = cold.medians()
     floor = max((v for v in (m["curl"], m["openssl"]) if v is not None), default=None)
     size_label = f"{bench.size / GiB:g} GiB" if bench.size >= GiB else f"{bench.size // MiB} MiB"
@@ -698,9 +798,11 @@ def summarise(
             ("cache hit p50, async get_asset_path", hit.async_p50_ms, "(info)", "-"),
         ):
             rows.append(Row(label, f"{value:.3f} ms", om_hit, _fmt_ratio(ratio(value, om_ms)), target, met))
-    else:
+    elif "hit" in bench.args.only:
         rows.append(Row("cache hit p50, get_asset_path_sync", "n/a", "", "", "p50 <= 1 ms", "n/a"))
 
+
+def _flight_rows(rows: list[Row], flight: dict[str, FlightResult]) -> None:
     fl, om_fl = flight["flowmas"], flight.get("openmas")
     good = fl.gets == 1 and fl.ok == PROCESSES and fl.same_path and fl.sizes_ok and fl.content_ok is not False
     same = "yes" if fl.same_path and fl.sizes_ok else "no"
@@ -710,6 +812,8 @@ def summarise(
                     f"{fl.gets} GET, {fl.ok}/{PROCESSES} ok, same path+size: {same}", om_flight, "-",
                     f"1 GET, {PROCESSES}/{PROCESSES} ok", _met(good)))
 
+
+def _resume_rows(rows: list[Row], resume: dict[str, ResumeResult]) -> None:
     fr, om_res = resume["flowmas"], resume.get("openmas")
     failed = "" if fr.ok else " (FAILED)"
     for label, value, baseline, limit in (
@@ -721,7 +825,6 @@ def summarise(
         rows.append(Row(label, f"{value:.3f}{failed}", f"OpenMAS {baseline:.3f}" if baseline is not None
                         else "OpenMAS: n/a", _fmt_ratio(ratio(value, baseline)), f"<= {limit}",
                         _met(fr.ok and value <= limit)))
-    return rows
 
 
 def print_table(rows: Sequence[Row]) -> None:
@@ -752,21 +855,33 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-openmas", action="store_true", help="do not install or run OpenMAS")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (worker logs) afterwards")
+    parser.add_argument("--only", default=",".join(MEASURES),
+                        help=f"comma-separated measures to run (default all: {','.join(MEASURES)}); "
+                             "hit needs cold")
+    parser.add_argument("--hub-size-mib", type=int, default=256,
+                        help="size of the Hub measure's LFS file, held in memory by the local Hub (default 256)")
     args = parser.parse_args(argv)
-    if args.size_mib < 1 or args.reps < 1 or args.hit_calls < 1 or args.openmas_hit_calls < 0:
-        parser.error("--size-mib, --reps and --hit-calls must be >= 1, --openmas-hit-calls >= 0")
+    if args.size_mib < 1 or args.reps < 1 or args.hit_calls < 1 or args.openmas_hit_calls < 0 \
+            or args.hub_size_mib < 1:
+        parser.error("--size-mib, --hub-size-mib, --reps and --hit-calls must be >= 1, --openmas-hit-calls >= 0")
+    args.only = {name.strip() for name in args.only.split(",") if name.strip()}
+    if not args.only or not args.only <= set(MEASURES):
+        parser.error(f"--only takes a comma-separated subset of {', '.join(MEASURES)}")
+    if "hit" in args.only and "cold" not in args.only:
+        parser.error("--only hit needs cold too: the hits read the entry the last cold repetition published")
     return args
 
 
 def main(argv: Sequence[str]) -> int:
-    if len(argv) == 2 and argv[0] == "--worker":
-        flowmas_worker(json.loads(argv[1]))
+    if len(argv) == 2 and argv[0] in ("--worker", "--hf-worker"):
+        (flowmas_worker if argv[0] == "--worker" else hf_worker)(json.loads(argv[1]))
         return 0
     args = parse_args(argv)
-    size = args.size_mib * MiB
+    http = bool(args.only & HTTP_MEASURES)
+    size = args.size_mib * MiB if http else 0
     openmas_python: Path | None = None
-    skip_reason: str | None = "--skip-openmas was given"
-    if not args.skip_openmas:
+    skip_reason: str | None = "--skip-openmas was given" if args.skip_openmas else "not needed by --only"
+    if not args.skip_openmas and http:
         openmas_python, skip_reason = ensure_openmas(args.openmas_venv.expanduser())
         if openmas_python is None:
             progress(f"OpenMAS baseline SKIPPED: {skip_reason}")
@@ -774,23 +889,26 @@ def main(argv: Sequence[str]) -> int:
             progress(f"OpenMAS {OPENMAS_VERSION}: {openmas_python}")
 
     load_before = os.getloadavg()
-    work, work_kind = choose_work_dir(args.work_dir, size)
+    work, work_kind = choose_work_dir(args.work_dir, max(size, args.hub_size_mib * MiB if "hub" in args.only else 0))
     progress(f"work dir: {work} [{work_kind}]; {os.cpu_count()} CPUs, load average {load_before[0]:.2f}")
     server = FileServer().start()
     try:
-        progress(f"writing {args.size_mib} MiB of random data")
         source = work / "source.bin"
-        sha256 = make_source(source, size)
+        sha256 = ""
+        if http:
+            progress(f"writing {args.size_mib} MiB of random data")
+            sha256 = make_source(source, size)
         openmas_script = work / "openmas_worker.py"
         openmas_script.write_text(OPENMAS_WORKER)
         bench = Bench(args, work, work_kind, server, source, size, sha256, openmas_python, skip_reason,
                       openmas_script)
 
-        cold = measure_cold(bench)
-        hit = measure_hit(bench, cold)
-        flight = measure_single_flight(bench)
-        resume = measure_resume(bench)
-        rows = summarise(bench, cold, hit, flight, resume)
+        cold = measure_cold(bench) if "cold" in args.only else None
+        hit = measure_hit(bench, cold) if cold is not None and "hit" in args.only else None
+        flight = measure_single_flight(bench) if "flight" in args.only else None
+        resume = measure_resume(bench) if "resume" in args.only else None
+        hub = measure_hub(bench) if "hub" in args.only else None
+        rows = summarise(bench, cold, hit, flight, resume, hub)
     finally:
         server.stop()
         if not args.keep:
@@ -800,40 +918,49 @@ def main(argv: Sequence[str]) -> int:
 
     load_after = os.getloadavg()
     print()
-    print(f"flowmas asset benchmark: {args.size_mib} MiB over 127.0.0.1, {args.reps} rep(s), work dir on "
-          f"{work_kind}; load average {load_before[0]:.2f} -> {load_after[0]:.2f}; "
-          f"{time.monotonic() - _STARTED:.0f} s in all")
+    sizes = [f"{args.size_mib} MiB"] if http else []
+    sizes += [f"Hub {args.hub_size_mib} MiB"] if hub is not None else []
+    print(f"flowmas asset benchmark ({', '.join(sorted(args.only, key=MEASURES.index))}): {', '.join(sizes)} over "
+          f"127.0.0.1, {args.reps} rep(s), work dir on {work_kind}; load average {load_before[0]:.2f} -> "
+          f"{load_after[0]:.2f}; {time.monotonic() - _STARTED:.0f} s in all")
     print_table(rows)
-    best = cold.bests()
-    best_floor = max((v for v in (best["curl"], best["openssl"]) if v is not None), default=None)
-    print(f"cold, best of {args.reps} (the noise check; the table uses medians): "
-          f"flowmas {_fmt_s(best['flowmas'])}, curl {_fmt_s(best['curl'])}, "
-          f"openssl {_fmt_s(best['openssl'])}, "
-          f"OpenMAS {_fmt_s(best['openmas'])}; "
-          f"flowmas/max(curl,openssl) {_fmt_ratio(ratio(best['flowmas'], best_floor))}, "
-          f"flowmas/OpenMAS {_fmt_ratio(ratio(best['flowmas'], best['openmas']))}")
-    print("cold, each repetition: " + "; ".join(
-        f"{k} {_fmt_list(getattr(cold, k))}" for k in ("curl", "openssl", "flowmas", "openmas")))
-    if openmas_python is None:
+    if cold is not None:
+        best = cold.bests()
+        best_floor = max((v for v in (best["curl"], best["openssl"]) if v is not None), default=None)
+        print(f"cold, best of {args.reps} (the noise check; the table uses medians): "
+              f"flowmas {_fmt_s(best['flowmas'])}, curl {_fmt_s(best['curl'])}, "
+              f"openssl {_fmt_s(best['openssl'])}, "
+              f"OpenMAS {_fmt_s(best['openmas'])}; "
+              f"flowmas/max(curl,openssl) {_fmt_ratio(ratio(best['flowmas'], best_floor))}, "
+              f"flowmas/OpenMAS {_fmt_ratio(ratio(best['flowmas'], best['openmas']))}")
+        print("cold, each repetition: " + "; ".join(
+            f"{k} {_fmt_list(getattr(cold, k))}" for k in ("curl", "openssl", "flowmas", "openmas")))
+    if hub is not None:
+        print(f"hub, each repetition: hf_hub_download {_fmt_list(hub.hf_hub_download)}; "
+              f"flowmas {_fmt_list(hub.flowmas)}")
+    if openmas_python is None and http:
         print(f"note: OpenMAS baselines skipped: {skip_reason}")
-    for note in cold.notes:
+    for note in [*(cold.notes if cold is not None else []), *(hub.notes if hub is not None else [])]:
         print(f"note: {note}")
-    if flight["flowmas"].errors:
+    if flight is not None and flight["flowmas"].errors:
         print(f"note: flowmas single-flight errors: {flight['flowmas'].errors}")
 
     if args.json is not None:
         figures = {
             "config": {"size_bytes": size, "reps": args.reps, "hit_calls": args.hit_calls,
-                       "openmas_hit_calls": args.openmas_hit_calls, "work_dir_kind": work_kind},
+                       "openmas_hit_calls": args.openmas_hit_calls, "work_dir_kind": work_kind,
+                       "measures": sorted(args.only, key=MEASURES.index), "hub_size_bytes": args.hub_size_mib * MiB},
             "environment": {"python": platform.python_version(), "cpus": os.cpu_count(),
                             "platform": platform.platform(), "load_average_before": load_before,
                             "load_average_after": load_after,
                             "openmas": OPENMAS_VERSION if openmas_python else None,
                             "openmas_skip_reason": None if openmas_python else skip_reason},
-            "cold_seconds": {**asdict(cold), "medians": cold.medians(), "bests": cold.bests()},
+            "cold_seconds": ({**asdict(cold), "medians": cold.medians(), "bests": cold.bests()}
+                             if cold is not None else None),
             "hit": asdict(hit) if hit is not None else None,
-            "single_flight": {k: asdict(v) for k, v in flight.items()},
-            "resume": {k: asdict(v) for k, v in resume.items()},
+            "single_flight": {k: asdict(v) for k, v in flight.items()} if flight is not None else None,
+            "resume": {k: asdict(v) for k, v in resume.items()} if resume is not None else None,
+            "hub_seconds": {**asdict(hub), "medians": hub.medians()} if hub is not None else None,
             "summary": [asdict(r) for r in rows],
         }
         args.json.write_text(json.dumps(figures, indent=2, default=str))

@@ -140,12 +140,12 @@ class SourceNotFoundError(DownloadError, FileNotFoundError):
 class ChecksumMismatchError(AssetError, ValueError):
     """The downloaded bytes do not match the declared sha256; nothing was published."""
 
-    def __init__(self, *, asset: str, expected: str, actual: str, source: str) -> None:
+    def __init__(self, *, asset: str, expected: str, actual: str, source: str, message: str | None = None) -> None:
         self.expected = expected
         self.actual = actual
         self.source = source
         super().__init__(
-            f"sha256 mismatch for asset {asset!r} from {source}: expected {expected}, got {actual}. "
+            message or f"sha256 mismatch for asset {asset!r} from {source}: expected {expected}, got {actual}. "
             "The partial file was removed and the cache is unchanged; check the checksum in flowmas.yaml "
             "or the source.",
             asset=asset,

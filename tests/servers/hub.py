@@ -1,28 +1,42 @@
-"""Local Hugging Face Hub that the real ``huggingface_hub.hf_hub_download`` (2.4.0) downloads from.
+"""Local Hugging Face Hub that the real ``huggingface_hub`` client (2.4.0) downloads from.
 
 huggingface_hub 2.x talks through ``httpx2``, which HTTP-mocking libraries do not see, so tests point the real
-client at this server instead (``endpoint=server.url``). Built on the stdlib (``ThreadingHTTPServer``) because
-the client percent-encodes the revision (``refs%2Fpr%2F1``) and only the raw request target keeps it apart
-from path separators.
+client at this server instead (``endpoint=server.url`` or ``HF_ENDPOINT``). Built on the stdlib
+(``ThreadingHTTPServer``) because the client percent-encodes the revision (``refs%2Fpr%2F1``) and only the raw
+request target keeps it apart from path separators.
 
-Reproduced subset of the Hub's *download* protocol (what ``hf_hub_download`` sends and needs):
+Reproduced subset of the Hub's *download* protocol (what ``hf_hub_download``, ``get_hf_file_metadata``,
+``HfApi.repo_info`` and ``snapshot_download`` send and need):
 
 * ``HEAD``/``GET {endpoint}[/datasets|/spaces|/kernels]/{repo_id}/resolve/{revision}/{path}``, the revision
   being a branch, a tag or a full 40-hex commit sha; every successful answer carries ``X-Repo-Commit``;
 * small files: ``200`` with ``ETag`` = quoted git blob sha1 and ``Content-Length``;
 * "LFS" files (size >= ``lfs_threshold``): ``302`` with ``X-Linked-Etag`` = quoted sha256, ``X-Linked-Size``
   and a signed, expiring ``Location`` on ``http://localhost:PORT/_cdn/...`` - another origin than
-  ``127.0.0.1:PORT``, so the client's "never send the token to the CDN" path runs for real;
+  ``127.0.0.1:PORT``, so the client's "never send the token to the CDN" path runs for real; the CDN answers
+  with ``ETag`` = quoted sha256, like a content-addressed bucket;
 * single byte ranges (``bytes=N-`` / ``bytes=N-M``) answered ``206`` + ``Content-Range``, which the client
   sends when it resumes a transfer cut mid-body (2.4.0 never resumes ``.incomplete`` files across calls);
+  ``If-Range`` that does not match the ``ETag`` turns the answer into a full ``200``;
+* repository info, ``GET /api/{models,datasets,spaces}/{repo_id}[/revision/{revision}][?blobs=true]``:
+  ``id``, ``sha`` (the resolved commit), ``private``, ``gated`` and ``siblings`` (``rfilename``; with
+  ``blobs=true`` also ``size``, ``blobId`` and, for LFS files, ``lfs: {sha256, size, pointerSize}``);
+* the tree, ``GET /api/{models,datasets,spaces}/{repo_id}/tree/{revision}[/{path}][?recursive=true]``: files
+  (``type: file``, ``path``, ``size``, ``oid`` = blob sha1, ``lfs: {oid, size, pointerSize}``) and folders
+  (``type: directory``), in one page (no ``Link`` pagination);
 * errors typed by ``X-Error-Code`` + ``X-Error-Message`` as the client's ``hf_raise_for_status`` maps them:
   ``RepoNotFound`` (401 anonymous / 404 with a token), ``GatedRepo`` (401 anonymous / 403 without access),
   ``RevisionNotFound`` (404), ``EntryNotFound`` (404 with ``X-Repo-Commit``, so the client caches the miss);
+  as on the Hub, a gated repo's info and tree are public, only its files need access;
 * authentication by ``Authorization: Bearer <token>``; any bearer token is a valid user, access to gated and
   private repos is granted per token.
 
-Not reproduced: ``/api/...`` routes (``snapshot_download``, ``HfApi``), Xet storage (no ``X-Xet-*`` header is
-ever sent, so the client stays on plain HTTP), uploads, gzip content coding, invalid-token 401s.
+Faults: ``fail_next`` (status answers, optionally only on matching paths), ``truncate_next_body`` (a body cut
+mid-way) and ``serve_corrupted`` (bytes that do not match the hash the headers and the API advertise).
+
+Not reproduced: other ``/api/...`` routes (``paths-info``, commits, whoami, search...), pagination, Xet
+storage (no ``X-Xet-*`` header or ``xetHash`` is ever sent, so the client stays on plain HTTP), uploads, gzip
+content coding, invalid-token 401s.
 """
 
 from __future__ import annotations
@@ -79,6 +93,11 @@ class _Blob:
 
 def _blob(data: bytes) -> _Blob:
     return _Blob(data, git_blob_sha1(data), hashlib.sha256(data).hexdigest())
+
+
+def _flag(params: dict[str, list[str]], name: str) -> bool:
+    """A boolean query parameter as the client sends it (``true``/``false``)."""
+    return params.get(name, ["false"])[0].lower() in ("1", "true")
 
 
 def _lfs_pointer(blob: _Blob) -> bytes:
@@ -201,10 +220,13 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         path, _, query = self.path.partition("?")
         try:
-            if (status := owner._take_failure()) is not None:
+            if (status := owner._take_failure(self.command, path)) is not None:
                 raise _HubError(status, None, "injected failure")
             if path.startswith("/_cdn/"):
-                self._send_blob(owner._cdn_blob(path.removeprefix("/_cdn/"), query), {}, head=head)
+                blob = owner._cdn_blob(path.removeprefix("/_cdn/"), query)
+                self._send_blob(blob, {"ETag": f'"{blob.sha256}"'}, head=head)
+            elif path.startswith("/api/"):
+                self._api(path.removeprefix("/api/"), parse_qs(query), head=head)
             else:
                 self._resolve(path, head=head)
         except _HubError as e:
@@ -227,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         commit, blob = self.server.owner._lookup(repo_type, repo_id, revision, filename, self._token())
         headers = {"X-Repo-Commit": commit}
-        if len(blob.data) < self.server.owner.lfs_threshold:
+        if not self.server.owner._is_lfs(blob):
             self._send_blob(blob, {**headers, "ETag": f'"{blob.git_sha1}"'}, head=head)
             return
         host = self.headers.get("Host", "")
@@ -241,6 +263,32 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._reply(302, b"", headers, head=head)
 
+    def _api(self, path: str, params: dict[str, list[str]], *, head: bool) -> None:
+        """Repository info and tree listings: ``{type}s/{repo_id}[/revision/{rev}]``, ``.../tree/{rev}[/{path}]``."""
+        kind, _, rest = path.partition("/")
+        repo_type = {"models": "model", "datasets": "dataset", "spaces": "space"}.get(kind)
+        parts = rest.split("/") if rest else []
+        if repo_type is None or not parts:
+            raise _HubError(404, None, "Not Found")
+        # repo ids have one ("gpt2") or two ("acme/tiny") segments; the two-segment reading wins
+        at = next((i for i in (2, 1) if i < len(parts) and parts[i] in ("revision", "tree")), None)
+        if at is None:
+            if len(parts) > 2:
+                raise _HubError(404, None, "Not Found")
+            route, repo_id, revision, sub = "revision", "/".join(parts), "main", ""
+        else:
+            if len(parts) < at + 2 or (parts[at] == "revision" and len(parts) != at + 2):
+                raise _HubError(404, None, "Not Found")
+            route, repo_id = parts[at], "/".join(parts[:at])
+            revision, sub = unquote(parts[at + 1]), unquote("/".join(parts[at + 2 :]))
+        owner = self.server.owner
+        repo, commit, tree = owner._listing(repo_type, repo_id, revision, self._token())
+        if route == "revision":
+            body: object = owner._repo_info(repo, commit, tree, blobs=_flag(params, "blobs"))
+        else:
+            body = owner._tree(tree, sub, recursive=_flag(params, "recursive"), commit=commit)
+        self._reply(200, json.dumps(body).encode(), {"Content-Type": "application/json"}, head=head)
+
     def _token(self) -> str | None:
         scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
         if scheme != "Bearer":
@@ -248,11 +296,14 @@ class _Handler(BaseHTTPRequestHandler):
         return token.strip() or None
 
     def _send_blob(self, blob: _Blob, headers: dict[str, str], *, head: bool) -> None:
-        data, total = blob.data, len(blob.data)
+        data, total = self.server.owner._served(blob), len(blob.data)
         headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", **headers}
         m = _RANGE.fullmatch(self.headers.get("Range") or "")
-        # RFC 9110: Range is only defined for GET, and invalid ones (like bytes=9-5) are ignored
-        if m is None or head or (m[2] and int(m[2]) < int(m[1])):
+        if_range = self.headers.get("If-Range")
+        # RFC 9110: Range is only defined for GET, and invalid ones (like bytes=9-5) are ignored; an If-Range
+        # that does not name the current representation asks for all of it
+        stale = if_range is not None and if_range != headers.get("ETag")
+        if m is None or head or stale or (m[2] and int(m[2]) < int(m[1])):
             self._reply(200, data, headers, head=head)
             return
         start, end = int(m[1]), min(int(m[2] or total - 1), total - 1)
@@ -308,8 +359,9 @@ class HubServer:
         self._secret = secrets.token_bytes(16)
         self._repos: dict[tuple[str, str], HubRepo] = {}
         self._cdn: dict[str, _Blob] = {}  # content-addressed like the real LFS bucket: sha256 -> blob
-        self._failures: list[int] = []
+        self._failures: list[tuple[int, str | None, str | None]] = []  # (status, method, path fragment)
         self._truncations: list[int] = []
+        self._corrupted: set[str] = set()  # sha256 of blobs served with a flipped first byte
         self._conns: set[socket.socket] = set()
         self._stopping = False
         self._server: _Server | None = None
@@ -390,14 +442,16 @@ class HubServer:
             self._cdn.clear()
             self._failures.clear()
             self._truncations.clear()
+            self._corrupted.clear()
             self.requests.clear()
 
-    def fail_next(self, n: int, status: int = 503) -> None:
-        """Answer the next ``n`` requests (any route) with ``status``, e.g. to test retries.
+    def fail_next(self, n: int, status: int = 503, *, method: str | None = None, path: str | None = None) -> None:
+        """Answer the next ``n`` requests with ``status``, e.g. to test retries; with ``method`` and/or ``path``
+        (a fragment of the request path, like ``"/tree/"``) only requests that match count.
 
         Do not aim this at ``hf_hub_download``: it retries 5xx/429 for ~23 s before giving up."""
         with self._lock:
-            self._failures.extend([status] * n)
+            self._failures.extend([(status, method, path)] * n)
 
     def truncate_next_body(self, n_bytes: int) -> None:
         """Cut the next successful GET body after ``n_bytes`` and drop the connection, so the client resumes
@@ -406,7 +460,81 @@ class HubServer:
         with self._lock:
             self._truncations.append(n_bytes)
 
+    def serve_corrupted(self, repo_id: str, path: str, *, repo_type: str = "model", revision: str = "main") -> None:
+        """Serve the bytes of ``path`` (at ``revision``) with their first byte flipped, from the resolve route and
+        the CDN alike, while every header and API answer keeps advertising the true hash and size: a Hub, CDN
+        or proxy handing out bytes that do not match the Hub's own hash."""
+        with self._lock:
+            repo = self._repos[repo_type, repo_id]
+            commit = repo._resolve(revision)
+            if commit is None or path not in repo._commits[commit]:
+                raise ValueError(f"{repo_id}@{revision} has no file {path!r}")
+            self._corrupted.add(repo._commits[commit][path].sha256)
+
     # -- handler callbacks
+
+    def _served(self, blob: _Blob) -> bytes:
+        with self._lock:
+            corrupted = blob.sha256 in self._corrupted
+        if not corrupted or not blob.data:
+            return blob.data
+        return bytes([blob.data[0] ^ 0xFF]) + blob.data[1:]
+
+    def _listing(
+        self, repo_type: str, repo_id: str, revision: str, token: str | None
+    ) -> tuple[HubRepo, str, dict[str, _Blob]]:
+        """A repo's tree at ``revision`` for the API: private repos need access, gated ones are public here."""
+        with self._lock:
+            repo = self._repos.get((repo_type, repo_id))
+            if repo is None or (repo.private and token not in repo.tokens):
+                raise _HubError(401 if token is None else 404, "RepoNotFound", "Repository not found")
+            commit = repo._resolve(revision)
+            if commit is None:
+                raise _HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            return repo, commit, dict(repo._commits[commit])
+
+    def _repo_info(self, repo: HubRepo, commit: str, tree: dict[str, _Blob], *, blobs: bool) -> dict[str, object]:
+        siblings: list[dict[str, object]] = []
+        for path, blob in sorted(tree.items()):
+            sibling: dict[str, object] = {"rfilename": path}
+            if blobs:
+                sibling |= {"size": len(blob.data), "blobId": self._blob_id(blob)}
+                if self._is_lfs(blob):
+                    sibling["lfs"] = {"sha256": blob.sha256, "size": len(blob.data),
+                                      "pointerSize": len(_lfs_pointer(blob))}
+            siblings.append(sibling)
+        return {"_id": hashlib.sha1(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id, "sha": commit,
+                "private": repo.private, "gated": "manual" if repo.gated else False, "disabled": False,
+                "siblings": siblings}
+
+    def _tree(self, tree: dict[str, _Blob], sub: str, *, recursive: bool, commit: str) -> list[dict[str, object]]:
+        prefix = sub.strip("/") + "/" if sub.strip("/") else ""
+        if prefix and not any(p.startswith(prefix) for p in tree):
+            raise _HubError(404, "EntryNotFound", f"{sub} does not exist on \"{commit}\"", {"X-Repo-Commit": commit})
+        entries: dict[str, dict[str, object]] = {}
+        for path, blob in sorted(tree.items()):
+            if not path.startswith(prefix):
+                continue
+            segments = path[len(prefix) :].split("/")
+            depth = len(segments) if recursive else 1
+            for i in range(1, min(depth, len(segments) - 1) + 1):  # the folders on the way
+                folder = prefix + "/".join(segments[:i])
+                oid = hashlib.sha1(f"tree {commit} {folder}".encode()).hexdigest()
+                entries.setdefault(folder, {"type": "directory", "oid": oid, "size": 0, "path": folder})
+            if recursive or len(segments) == 1:
+                entry: dict[str, object] = {"type": "file", "oid": self._blob_id(blob), "size": len(blob.data),
+                                            "path": path}
+                if self._is_lfs(blob):
+                    entry["lfs"] = {"oid": blob.sha256, "size": len(blob.data), "pointerSize": len(_lfs_pointer(blob))}
+                entries[path] = entry
+        return list(entries.values())
+
+    def _is_lfs(self, blob: _Blob) -> bool:
+        return len(blob.data) >= self.lfs_threshold
+
+    def _blob_id(self, blob: _Blob) -> str:
+        """The git object id the tree holds: the file's own blob, or its LFS pointer's."""
+        return git_blob_sha1(_lfs_pointer(blob)) if self._is_lfs(blob) else blob.git_sha1
 
     def _lookup(
         self, repo_type: str, repo_id: str, revision: str, filename: str, token: str | None
@@ -450,9 +578,13 @@ class HubServer:
             raise _HubError(404, None, "NoSuchKey")
         return blob
 
-    def _take_failure(self) -> int | None:
+    def _take_failure(self, method: str, path: str) -> int | None:
         with self._lock:
-            return self._failures.pop(0) if self._failures else None
+            for index, (status, want_method, fragment) in enumerate(self._failures):
+                if (want_method is None or want_method == method) and (fragment is None or fragment in path):
+                    del self._failures[index]
+                    return status
+            return None
 
     def _take_truncation(self) -> int | None:
         with self._lock:

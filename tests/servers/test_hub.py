@@ -12,13 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import RepoFile, RepoFolder
 
 from tests.servers.hub import HubServer, git_blob_sha1
 
@@ -204,6 +205,125 @@ def test_client_resumes_cut_transfer_with_range(hub: HubServer, cache: Path) -> 
     assert hub.requests[1].raw_path == hub.requests[2].raw_path  # the same signed link
 
 
+# ------------------------------------------------------------------------------ HfApi and snapshot_download
+
+
+def api(hub: HubServer, token: str | bool = False) -> HfApi:
+    return HfApi(endpoint=hub.url, token=token)
+
+
+def test_repo_info_with_file_metadata(cache: Path) -> None:
+    with HubServer(lfs_threshold=1024) as hub:
+        repo = hub.add_repo("acme/big", {"model.bin": WEIGHTS, "config.json": CONFIG})
+        first = repo.head
+        repo.commit({"config.json": b"{}"}, ref="dev")
+        info = api(hub).repo_info("acme/big", files_metadata=True)
+        assert (info.id, info.sha, info.private, info.gated) == ("acme/big", first, False, False)
+        assert info.siblings is not None
+        config, model = info.siblings
+        assert (config.rfilename, config.size, config.blob_id, config.lfs) == (
+            "config.json", len(CONFIG), git_blob_sha1(CONFIG), None)
+        assert model.rfilename == "model.bin" and model.size == len(WEIGHTS)
+        assert model.lfs is not None and model.lfs.sha256 == hashlib.sha256(WEIGHTS).hexdigest()
+        assert model.lfs.size == len(WEIGHTS) and model.blob_id != git_blob_sha1(WEIGHTS)  # the pointer's id
+        dev = api(hub).repo_info("acme/big", revision="dev")
+        assert dev.sha == repo._resolve("dev") != first
+        assert dev.siblings is not None and dev.siblings[0].size is None  # no blobs=true: names only
+        assert [r.raw_path for r in hub.requests] == [
+            "/api/models/acme/big?blobs=true", "/api/models/acme/big/revision/dev"]
+
+
+def test_repo_info_access_and_errors(hub: HubServer) -> None:
+    hub.add_repo("acme/gated", {"a.txt": b"x"}, gated=True, tokens={"hf_right"})
+    hub.add_repo("acme/private", {"a.txt": b"x"}, private=True, tokens={"hf_right"})
+    hub.add_repo("acme/corpus", {"a.txt": b"x"}, repo_type="dataset")
+    assert api(hub).repo_info("acme/gated").gated == "manual"  # the Hub shows gated repos' files to anyone
+    with pytest.raises(RepositoryNotFoundError):
+        api(hub).repo_info("acme/private")
+    with pytest.raises(RepositoryNotFoundError):
+        api(hub, "hf_wrong").repo_info("acme/private")
+    assert api(hub, "hf_right").repo_info("acme/private").private is True
+    with pytest.raises(RevisionNotFoundError):
+        api(hub).repo_info("acme/gated", revision="nope")
+    assert api(hub).repo_info("acme/corpus", repo_type="dataset").sha
+    with pytest.raises(RepositoryNotFoundError):
+        api(hub).repo_info("acme/corpus")  # same id, wrong type
+    assert [r.status for r in hub.requests] == [200, 401, 404, 200, 404, 200, 401]
+
+
+def test_repo_tree(hub: HubServer) -> None:
+    repo = hub.add_repo("acme/tiny", {"a.txt": b"a", "onnx/model.onnx": b"m", "onnx/fp16/model.onnx": b"h"})
+    everything = list(api(hub).list_repo_tree("acme/tiny", recursive=True, revision=repo.head))
+    assert [(type(e).__name__, e.path) for e in everything] == [
+        ("RepoFile", "a.txt"), ("RepoFolder", "onnx"), ("RepoFolder", "onnx/fp16"),
+        ("RepoFile", "onnx/fp16/model.onnx"), ("RepoFile", "onnx/model.onnx")]
+    top = list(api(hub).list_repo_tree("acme/tiny"))
+    assert [(type(e), e.path) for e in top] == [(RepoFile, "a.txt"), (RepoFolder, "onnx")]
+    inside = list(api(hub).list_repo_tree("acme/tiny", path_in_repo="onnx"))
+    assert [e.path for e in inside] == ["onnx/fp16", "onnx/model.onnx"]
+    file = next(e for e in everything if isinstance(e, RepoFile) and e.path == "a.txt")
+    assert (file.size, file.blob_id, file.lfs) == (1, git_blob_sha1(b"a"), None)
+    with pytest.raises(EntryNotFoundError):
+        list(api(hub).list_repo_tree("acme/tiny", path_in_repo="nope"))
+
+
+def test_snapshot_download_with_patterns(hub: HubServer, cache: Path) -> None:
+    repo = hub.add_repo("acme/tiny", {"config.json": CONFIG, "onnx/model.onnx": WEIGHTS, "README.md": b"# t"})
+    folder = Path(snapshot_download("acme/tiny", allow_patterns=["*.json", "onnx/*"], cache_dir=cache,
+                                    endpoint=hub.url, token=False))
+    assert folder == cache / "models--acme--tiny" / "snapshots" / repo.head
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "config.json", "onnx/model.onnx"]
+    assert (folder / "onnx" / "model.onnx").read_bytes() == WEIGHTS
+    assert [(r.method, r.raw_path.split("?")[0]) for r in hub.requests[:2]] == [
+        ("GET", "/api/models/acme/tiny/revision/main"), ("GET", f"/api/models/acme/tiny/tree/{repo.head}")]
+
+
+# -------------------------------------------------------------------------------------------------- faults
+
+
+def test_serve_corrupted(cache: Path) -> None:
+    with HubServer(lfs_threshold=1024) as hub, httpx.Client(timeout=5, follow_redirects=True) as client:
+        hub.add_repo("acme/big", {"model.bin": WEIGHTS, "config.json": CONFIG})
+        hub.serve_corrupted("acme/big", "model.bin")
+        hub.serve_corrupted("acme/big", "config.json")
+        big = client.get(f"{hub.url}/acme/big/resolve/main/model.bin")
+        small = client.get(f"{hub.url}/acme/big/resolve/main/config.json")
+        assert big.content != WEIGHTS and big.content[1:] == WEIGHTS[1:]
+        assert small.content != CONFIG and len(small.content) == len(CONFIG)
+        assert small.headers["etag"] == f'"{git_blob_sha1(CONFIG)}"'  # still the true hash
+        assert big.history[0].headers["x-linked-etag"] == f'"{hashlib.sha256(WEIGHTS).hexdigest()}"'
+        tail = client.get(f"{hub.url}/acme/big/resolve/main/model.bin", headers={"Range": "bytes=1-"})
+        assert tail.content == WEIGHTS[1:]  # consistent across ranges
+        hub.reset()
+        hub.add_repo("acme/big", {"model.bin": WEIGHTS})
+        assert client.get(f"{hub.url}/acme/big/resolve/main/model.bin").content == WEIGHTS
+
+
+def test_cdn_etag_and_if_range(cache: Path) -> None:
+    with HubServer(lfs_threshold=1024) as hub, httpx.Client(timeout=5) as client:
+        hub.add_repo("acme/big", {"model.bin": WEIGHTS})
+        location = client.head(f"{hub.url}/acme/big/resolve/main/model.bin").headers["location"]
+        etag = f'"{hashlib.sha256(WEIGHTS).hexdigest()}"'
+        assert client.get(location).headers["etag"] == etag
+        same = client.get(location, headers={"Range": "bytes=100-", "If-Range": etag})
+        assert (same.status_code, same.content) == (206, WEIGHTS[100:])
+        changed = client.get(location, headers={"Range": "bytes=100-", "If-Range": '"other"'})
+        assert (changed.status_code, changed.content) == (200, WEIGHTS)
+
+
+def test_fail_next_by_method_and_path(hub: HubServer) -> None:
+    hub.add_repo("acme/tiny", {"a.txt": b"x"})
+    hub.fail_next(1, 500, path="/tree/")
+    hub.fail_next(1, 403, method="HEAD")
+    url = f"{hub.url}/acme/tiny/resolve/main/a.txt"
+    with httpx.Client(timeout=5) as client:
+        assert client.get(url).status_code == 200  # neither fault matches
+        assert client.head(url).status_code == 403
+        assert client.get(f"{hub.url}/api/models/acme/tiny/tree/main").status_code == 500
+        assert client.get(f"{hub.url}/api/models/acme/tiny/tree/main").status_code == 200
+
+
 # -------------------------------------------------------------------- raw protocol (plain httpx, no retries)
 
 
@@ -252,7 +372,8 @@ def test_error_headers(hub: HubServer) -> None:
         revision = client.head(f"{hub.url}/acme/tiny/resolve/nope/a.txt")
         assert (revision.status_code, revision.headers["x-error-code"]) == (404, "RevisionNotFound")
         assert "x-repo-commit" not in revision.headers
-        assert client.get(f"{hub.url}/api/models/acme/tiny").status_code == 404
+        for route in ("/api/whoami-v2", "/api/models/acme/tiny/paths-info/main", "/api/models/a/b/c"):
+            assert client.get(f"{hub.url}{route}").status_code == 404, route  # not reproduced
 
 
 def test_fail_next(hub: HubServer) -> None:
