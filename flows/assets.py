@@ -8,7 +8,8 @@ names, paths, sizes and redacted sources: never a token.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
+from uuid import UUID
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -20,7 +21,8 @@ from pydantic import Field
 
 from blocks.assets import FlowmasAssets
 from flowmas.assets.manifest import AssetConfig
-from flowmas.errors import AssetError
+from flowmas.errors import AssetError, explain
+from flowmas.text import human_size
 from tasks.assets import (
     AssetDownload,
     cleanup_asset_cache,
@@ -29,11 +31,13 @@ from tasks.assets import (
     remove_expired_results,
     verify_asset,
 )
+from tasks.logs import forward_core_logs
 
 
 def assets_config(project_file: str | None, cache_dir: str | None, block: str | None) -> FlowmasAssets:
     """Explicit parameters win over ``block`` (a saved FlowmasAssets), which wins over FLOWMAS_* settings."""
-    base = FlowmasAssets.load(block, _sync=True) if block else FlowmasAssets()  # type: ignore[call-arg]
+    forward_core_logs()
+    base = cast(FlowmasAssets, FlowmasAssets.load(block, _sync=True)) if block else FlowmasAssets()  # type: ignore[call-arg]
     config = FlowmasAssets(
         project_file=project_file or base.project_file,
         cache_dir=cache_dir or base.cache_dir,
@@ -44,41 +48,39 @@ def assets_config(project_file: str | None, cache_dir: str | None, block: str | 
     return config
 
 
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def failure_detail(state: State[Any]) -> str:
+    """What failed, as the CLI would say it (``flowmas.errors.explain``)."""
     exc = state.result(raise_on_failure=False)
     if isinstance(exc, BaseException):
-        return f"{type(exc).__name__}: {exc}"
+        return explain(exc).message
     return state.message or state.name or "failed"
 
 
 class FlowProgress:
-    """How many of the flow's assets are done, as a progress artifact updated as each one finishes."""
+    """How many of the flow's assets are finished, and how many of those failed, as a progress artifact."""
 
     def __init__(self, key: str, total: int) -> None:
-        self.total, self.done = max(total, 1), 0
-        self.artifact_id = create_progress_artifact(0.0, key=key, description=f"0 of {total} assets done",
-                                                    _sync=True)  # type: ignore[call-arg]
+        self.total, self.done, self.failed = total, 0, 0
+        self.artifact_id = cast(UUID, create_progress_artifact(  # type: ignore[call-arg]
+            0.0, key=key, description=self._describe(), _sync=True))
 
-    def advance(self) -> None:
+    def advance(self, failed: bool) -> None:
         self.done += 1
-        update_progress_artifact(self.artifact_id, 100.0 * self.done / self.total,  # type: ignore[call-arg]
-                                 description=f"{self.done} of {self.total} assets done", _sync=True)
+        self.failed += failed
+        update_progress_artifact(self.artifact_id, 100.0 * self.done / max(self.total, 1),  # type: ignore[call-arg]
+                                 description=self._describe(), _sync=True)
+
+    def _describe(self) -> str:
+        ready = self.done - self.failed
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"{self.done} of {self.total} assets finished: {ready} ready{failed}"
 
 
 def _fail_if_any(rows: list[dict[str, Any]], what: str) -> None:
     failed = [row for row in rows if row["status"] == "failed"]
     if failed:
-        listed = "; ".join(f"{row['asset']}: {row['detail']}" for row in failed)
-        raise AssetError(f"{len(failed)} of {len(rows)} assets failed to {what}: {listed}")
+        listed = "".join(f"\n- {row['asset']}: {row['detail']}" for row in failed)
+        raise AssetError(f"{len(failed)} of {len(rows)} assets failed to {what}:{listed}")
 
 
 @flow(name="download-assets", persist_result=True, result_serializer="json")
@@ -101,13 +103,14 @@ def download_assets(
                   "lock_timeout_seconds": config.lock_timeout_seconds}
     progress = FlowProgress("download-assets-progress", len(assets))
     futures: dict[PrefectFuture[AssetDownload], AssetConfig] = {}
+    runner: Any  # Prefect types submit() for async tasks only
     with ThreadPoolTaskRunner(max_workers=max_concurrency or config.max_concurrency) as runner:
         for asset in assets:
             task = for_asset(asset, max_delay=max_delay, refresh=force or not on_disk[asset.name])
             futures[runner.submit(task, {"name": asset.name, **parameters})] = asset
         for future in as_completed(list(futures)):
             future.wait()  # records the final state on the future (as_completed does not)
-            progress.advance()
+            progress.advance(failed=not future.state.is_completed())
     rows = [_download_row(asset, future.state) for future, asset in futures.items()]
     ready = sum(row["status"] != "failed" for row in rows)
     create_table_artifact(rows, key="download-assets",  # type: ignore[call-arg]
@@ -117,18 +120,21 @@ def download_assets(
 
 
 def _download_row(asset: AssetConfig, state: State[AssetDownload]) -> dict[str, Any]:
-    row: dict[str, Any] = {"asset": asset.name, "version": asset.version, "source": asset.describe_source()}
+    """One table row; what matters first (the asset, its status, the error or the path), details after."""
+    row: dict[str, Any] = {"asset": asset.name}
     if not state.is_completed():
-        return row | {"status": "failed", "size": "", "bytes": 0, "seconds": None,
-                      "detail": failure_detail(state)}
+        return row | {"status": "failed", "detail": failure_detail(state), "version": asset.version,
+                      "source": asset.describe_source(), "size": "", "bytes": 0, "seconds": None}
     result: AssetDownload = state.result()
     fetched = result["fetched"] and state.name != "Cached"
     return row | {
         "status": "fetched" if fetched else "cached",
+        "detail": result["path"],
+        "version": asset.version,
+        "source": asset.describe_source(),
         "size": human_size(result["size"]),
         "bytes": result["size"],
         "seconds": result["seconds"] if fetched else 0.0,
-        "detail": result["path"],
     }
 
 
@@ -145,9 +151,11 @@ def verify_assets(
     with config.manager() as manager:
         selected = [asset.name for asset in manager.select(names)]
         cache_root = str(manager.cache.root.resolve())
-    with ThreadPoolTaskRunner(max_workers=max_concurrency or config.max_concurrency) as runner:
-        futures = {name: runner.submit(verify_asset, {"name": name, "project_file": config.project_file,
-                                                      "cache_dir": cache_root}) for name in selected}
+    verifier: Any  # Prefect types submit() for async tasks only
+    with ThreadPoolTaskRunner(max_workers=max_concurrency or config.max_concurrency) as verifier:
+        parameters = {"project_file": config.project_file, "cache_dir": cache_root}
+        futures: dict[str, PrefectFuture[dict[str, Any]]] = {
+            name: verifier.submit(verify_asset, {"name": name, **parameters}) for name in selected}
         for future in futures.values():
             future.wait()
     rows = []

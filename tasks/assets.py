@@ -5,7 +5,9 @@ the task, so no client object or token is ever a Prefect parameter, and tokens s
 
 Retries: the task makes one attempt per run (``manager.download(retry=False)``) and Prefect retries, with
 the counts and delays of the asset's declaration (``for_asset``), only when the error is transient
-(``flowmas.errors.is_transient``): a 503 is retried, a 401 or a checksum mismatch is not.
+(``flowmas.errors.is_transient``): a 503 is retried, a 401 or a checksum mismatch is not. A server's
+``Retry-After`` wins over a shorter planned delay (``transient_only`` waits the difference), as it does
+in the core's own retry loop.
 
 Caching, and why a deleted file is never handed back: the cache key is the asset's identity (declaration
 hash, type, name, version) plus the cache directory; ``asset_cache_key`` returns it only when
@@ -24,9 +26,11 @@ import hashlib
 import json
 import logging
 import re
+import time
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 from uuid import UUID
 
 from prefect import Task, task
@@ -38,7 +42,9 @@ from blocks.assets import FlowmasAssets
 from flowmas.assets.cleanup import Eviction, cleanup_cache, remove_expired_files
 from flowmas.assets.manager import AssetManager
 from flowmas.assets.manifest import AssetConfig
-from flowmas.errors import is_transient
+from flowmas.errors import TransientError, explain, is_transient
+from flowmas.settings import FlowmasSettings
+from tasks.logs import forward_core_logs
 
 log = logging.getLogger("flowmas.tasks")
 
@@ -64,12 +70,37 @@ def manager_for(project_file: str | None, cache_dir: str | None, lock_timeout_se
 
 
 def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect's ``retry_condition_fn``: retry only what ``flowmas.errors.is_transient`` says may pass."""
+    """Prefect's ``retry_condition_fn``: retry only what ``flowmas.errors.is_transient`` says may pass.
+
+    Prefect plans retry delays before the run and cannot take a server's ``Retry-After`` into account;
+    when the server asked for longer than the planned delay, the difference is waited here (Prefect
+    calls this only when a retry is left), capped like the core's backoff.
+    """
     try:
         state.result()
     except Exception as exc:  # noqa: BLE001 - the condition decides on any failure
-        return is_transient(exc)
+        if not is_transient(exc):
+            return False
+        extra = _retry_after_beyond_plan(task, task_run, exc)
+        if extra > 0:
+            log.info("The server asked to retry after %.0f s; waiting %.1f s more than planned",
+                     cast(TransientError, exc).retry_after or 0, extra)
+            time.sleep(extra)
+        return True
     return False
+
+
+def _retry_after_beyond_plan(task: Task[..., Any], task_run: TaskRun, exc: Exception) -> float:
+    retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+    if not retry_after:
+        return 0.0
+    delays = task.retry_delay_seconds or 0
+    if isinstance(delays, Sequence):  # Prefect's rule: the n-th retry waits delays[n], the last one repeats
+        planned = float(delays[min(max(task_run.run_count - 1, 0), len(delays) - 1)]) if delays else 0.0
+    else:
+        planned = float(delays)
+    cap = FlowmasSettings().max_retry_delay_seconds * 5
+    return max(0.0, min(float(retry_after), cap) - planned)
 
 
 def asset_identity_key(asset: AssetConfig, cache_root: str) -> str:
@@ -98,28 +129,42 @@ def asset_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str 
 class ProgressArtifact:
     """A progress listener that mirrors one download's bytes into a Prefect progress artifact.
 
-    The core calls it at most once a second; a failure to report is logged once and never fails the
-    download.
+    The core calls it at most once a second; ``finish`` says how the download ended (done or failed, and
+    why), so an artifact never stays "Downloading" after a failure. A failure to report is logged once
+    and never fails the download.
     """
 
     def __init__(self, asset: str) -> None:
+        self.asset = asset
         self.key = "asset-progress-" + (re.sub(r"[^a-z0-9]+", "-", asset.lower()).strip("-") or "asset")
         self.artifact_id: UUID | None = None
+        self.percent = 0.0
         self.broken = False
 
     def __call__(self, asset: str, done: int, total: int | None) -> None:
-        if not total or self.broken:
+        if not total:
             return
-        percent = min(100.0, 100.0 * done / total)
+        self.percent = min(100.0, 100.0 * done / total)
+        self._report(f"Downloading {asset}")
+
+    def finish(self, description: str) -> None:
+        """The final word, only if the download reported progress at all."""
+        if self.artifact_id is not None:
+            self._report(description)
+
+    def _report(self, description: str) -> None:
+        if self.broken:
+            return
         try:
             if self.artifact_id is None:
-                self.artifact_id = create_progress_artifact(  # type: ignore[call-arg]
-                    percent, key=self.key, description=f"Downloading {asset}", _sync=True)
+                self.artifact_id = cast(UUID, create_progress_artifact(  # type: ignore[call-arg]
+                    self.percent, key=self.key, description=description, _sync=True))
             else:
-                update_progress_artifact(self.artifact_id, percent, _sync=True)  # type: ignore[call-arg]
+                update_progress_artifact(self.artifact_id, self.percent,  # type: ignore[call-arg]
+                                         description=description, _sync=True)
         except Exception as exc:  # noqa: BLE001 - progress is best effort
             self.broken = True
-            log.warning("Cannot report download progress of %s to Prefect: %s", asset, exc)
+            log.warning("Cannot report download progress of %s to Prefect: %s", self.asset, exc)
 
 
 # --- tasks ----------------------------------------------------------------------------------------------
@@ -142,10 +187,16 @@ def download_asset(
     lock_timeout_seconds: float | None = None,
 ) -> AssetDownload:
     """Make sure one declared asset is in the cache; one attempt per run, Prefect owns the retries."""
+    forward_core_logs()
     progress = ProgressArtifact(name)
     with manager_for(project_file, cache_dir, lock_timeout_seconds, progress_listeners=[progress],
                      terminal=False) as manager:
-        result = manager.download(name, force=force, retry=False)
+        try:
+            result = manager.download(name, force=force, retry=False)
+        except Exception as exc:
+            progress.finish(f"Failed: {explain(exc).message}")
+            raise
+    progress.finish(f"Downloaded {name}")
     return AssetDownload(name=result.name, path=str(result.path), size=result.size, fetched=result.fetched,
                          seconds=round(result.seconds, 3))
 
@@ -154,17 +205,16 @@ def for_asset(asset: AssetConfig, *, max_delay: float, refresh: bool) -> Task[..
     """``download_asset`` with the asset's retries: exponential backoff from its delay, capped, jittered."""
     count = min(asset.retries, MAX_RETRY_DELAYS)
     delays = [min(max_delay, asset.retry_delay_seconds * 2**n) for n in range(count)]
-    return download_asset.with_options(
-        retries=asset.retries,
-        retry_delay_seconds=delays if asset.retry_delay_seconds > 0 else 0,
-        retry_jitter_factor=0.2 if asset.retry_delay_seconds > 0 else None,
-        refresh_cache=refresh,
-    )
+    if asset.retry_delay_seconds <= 0:
+        return download_asset.with_options(retries=asset.retries, retry_delay_seconds=0, refresh_cache=refresh)
+    return download_asset.with_options(retries=asset.retries, retry_delay_seconds=delays, retry_jitter_factor=0.2,
+                                       refresh_cache=refresh)
 
 
 @task(name="verify-asset", task_run_name="verify {name}", result_serializer="json", tags=["flowmas-assets"])
 def verify_asset(name: str, project_file: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
     """Re-hash one cached asset against its record and declared checksum."""
+    forward_core_logs()
     with manager_for(project_file, cache_dir) as manager:
         return manager.verify(name).model_dump()
 
@@ -173,6 +223,7 @@ def verify_asset(name: str, project_file: str | None = None, cache_dir: str | No
 def clear_assets(names: list[str] | None, project_file: str | None = None, cache_dir: str | None = None,
                  lock_timeout_seconds: float | None = None) -> list[str]:
     """Remove the named assets' entries (or every entry when ``names`` is None); returns what was removed."""
+    forward_core_logs()
     with manager_for(project_file, cache_dir, lock_timeout_seconds) as manager:
         if names is None:
             removed = [entry.key for entry in manager.cache.entries()]
@@ -190,6 +241,7 @@ def cleanup_asset_cache(
     part_max_age_hours: float | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Evict undeclared, stale, unused and over-budget entries, and old leftovers (flowmas.assets.cleanup)."""
+    forward_core_logs()
     part_max_age = timedelta(hours=part_max_age_hours) if part_max_age_hours is not None else None
     with manager_for(project_file, cache_dir) as manager:
         report = cleanup_cache(manager.cache, manager.project, max_unused_days=max_unused_days,
@@ -210,4 +262,5 @@ def cleanup_asset_cache(
 @task(name="remove-expired-results", result_serializer="json")
 def remove_expired_results(directory: str, max_age_days: float) -> list[str]:
     """Delete Prefect result and cache-record files older than ``max_age_days`` (Prefect never does)."""
+    forward_core_logs()
     return [str(p) for p in remove_expired_files(Path(directory), timedelta(days=max_age_days))]
