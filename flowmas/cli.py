@@ -9,8 +9,10 @@ was declined (nothing changed); 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,7 +48,7 @@ class FlowmasGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException, SystemExit):
             raise
         except BaseException as exc:  # the one place every failure becomes a sentence
             explanation = explain(exc)
@@ -228,16 +230,13 @@ def up(
     server_timeout: Annotated[float, typer.Option(min=1, max=3600, help="Seconds to wait for the server.")] = 120.0,
 ) -> None:
     """Run flowmas: a local Prefect server (unless PREFECT_API_URL is set) serving every deployment."""
-    from flows.serve import ServiceStartError, run_up
+    from flows.serve import run_up
 
-    try:
+    if os.environ.get("PREFECT_API_URL") and (port is not None or host != "127.0.0.1"):
+        log.warning("PREFECT_API_URL is set, so no local server is started: --host and --port are ignored")
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C during start-up: whatever had started is stopped
         run_up(project_file=project, prefect_yaml=prefect_yaml, host=host, port=port, limit=limit,
                server_timeout=server_timeout)
-    except KeyboardInterrupt:
-        pass  # Ctrl-C during start-up: whatever had started is stopped
-    except ServiceStartError as exc:
-        say_error(str(exc))
-        raise typer.Exit(EXIT_FAILED) from None
 
 
 if __name__ == "__main__":

@@ -36,10 +36,11 @@ at the adapter that calls the third party. ``TransientError`` is a marker: "retr
     ├── LLMError
     │   ├── LLMHTTPError
     │   └── LLMProtocolError
-    └── OpacaError
-        ├── UnknownAgentError (LookupError)
-        ├── UnknownActionError (LookupError)
-        └── ActionFailedError
+    ├── OpacaError
+    │   ├── UnknownAgentError (LookupError)
+    │   ├── UnknownActionError (LookupError)
+    │   └── ActionFailedError
+    └── ServiceStartError (RuntimeError)        `flowmas up`: a service did not come up, or serving failed
     TransientError                              mixin: retrying can help
 
 Messages say what happened and what to do next.
@@ -271,6 +272,13 @@ class UnknownActionError(OpacaError, LookupError):
 
 class ActionFailedError(OpacaError):
     """An action ran and failed."""
+
+
+# --- flowmas up -------------------------------------------------------------------------------------
+
+
+class ServiceStartError(FlowmasError, RuntimeError):
+    """A service did not come up, or serving failed; the message is one sentence: what, where, what to do."""
 
 
 def is_transient(exc: BaseException) -> bool:
