@@ -125,7 +125,7 @@ def test_version_help_and_verbose_anywhere(project):
     assert run("-h").exit_code == 0 and "assets" in run("-h").stdout
     assert run("assets", "download", "-h").exit_code == 0
     verbose = run("assets", "download", "w", "-v")  # after the subcommand, as people type it
-    assert verbose.exit_code == 0 and "DEBUG" in verbose.stderr or "Fetched w" in verbose.stderr
+    assert verbose.exit_code == 0 and "Fetched w" in verbose.stderr
 
 
 def test_verbose_shows_the_traceback_of_an_unexpected_error_only_on_request(project, tmp_path):
@@ -149,7 +149,7 @@ def test_a_declined_prompt_exits_3_and_changes_nothing(project, tmp_path):
     script = ("import pty, sys, os\n"
               "pid, fd = pty.fork()\n"
               "if pid == 0:\n"
-              f"    os.execv(sys.executable, [sys.executable, '-m', 'flowmas.cli', 'assets', 'clear-cache', '--all'])\n"
+              "    os.execv(sys.executable, [sys.executable, '-m', 'flowmas.cli', 'assets', 'clear-cache', '--all'])\n"
               "os.write(fd, b'n\\n')\n"
               "out = b''\n"
               "while True:\n"

@@ -121,10 +121,10 @@ def test_missing_project_says_how_to_make_one(tmp_path, monkeypatch):
         ("  - name: m\n    source: {type: http, url: 'http://x/dir/'}", "set 'source.filename'"),
         ("  - name: m\n    source: {type: http, url: 'http://x/a b'}", "space or control character"),
         ("  - name: m\n    source: {type: http, url: 'http://x:99999/a'}", "not a valid URL"),
-        ("  - name: m\n    source: {type: http, url: 'http://x/m'}\n    authentication: {http: "
-         "{token_env_var: T, header_name: 'X Bad'}}", "header_name"),
-        ("  - {name: m, version: '1', source: {type: local, path: x}}\n"
-         "  - {name: m, version: '2', source: {type: local, path: x}}", "asset 'm' is declared twice"),
+        (("  - name: m\n    source: {type: http, url: 'http://x/m'}\n    authentication: {http: "
+         "{token_env_var: T, header_name: 'X Bad'}}"), "header_name"),
+        (("  - {name: m, version: '1', source: {type: local, path: x}}\n"
+         "  - {name: m, version: '2', source: {type: local, path: x}}"), "asset 'm' is declared twice"),
         ("  - name: m\n    checksum: md5:abc\n    source: {type: local, path: x}", "assets[0] (m).checksum"),
         ("  - name: m\n    source: {type: ftp, url: x}", "assets[0] (m).source"),
         ("  - name: ../evil\n    source: {type: local, path: x}", "assets[0] (../evil).name"),

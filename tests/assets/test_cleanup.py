@@ -138,7 +138,8 @@ def test_plan_evicts_entries_unused_for_longer_than_the_limit(tmp_path: Path, ca
     set_last_used(m.cache, "model/old/v1", NOW - timedelta(days=31))
     set_last_used(m.cache, "model/recent/v1", NOW - timedelta(days=29))
 
-    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW, max_unused_days=30)
+    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW,
+                        max_unused_days=30)
 
     assert planned(plan) == {"model/old/v1": "unused"}
     assert plan[0].describe().startswith("unused (last used ")
@@ -151,7 +152,8 @@ def test_plan_over_budget_evicts_least_recently_used_first_until_it_fits(
     for days, name in ((1, "c"), (2, "a"), (3, "d"), (4, "b")):  # b is the least recently used
         set_last_used(m.cache, f"model/{name}/v1", NOW - timedelta(days=days))
 
-    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW, max_total_bytes=10 * KiB)
+    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW,
+                        max_total_bytes=10 * KiB)
 
     assert [e.entry.key for e in plan] == ["model/b/v1", "model/d/v1"]  # 4 KiB + a record each
     assert {e.reason for e in plan} == {"over size budget"}
@@ -169,7 +171,8 @@ def test_plan_budget_counts_only_what_the_rules_keep(tmp_path: Path, cache_dir: 
 def test_plan_is_pure_sizes_come_from_the_caller(tmp_path: Path, cache_dir: Path) -> None:
     m = publish(tmp_path, cache_dir, {"a": 1, "b": 1})
     set_last_used(m.cache, "model/a/v1", NOW - timedelta(days=2))
-    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW, max_total_bytes=100,
+    plan = plan_cleanup(m.cache.entries(), declared_identities(m.project), project=m.project.ref, now=NOW,
+                        max_total_bytes=100,
                         size_of=lambda entry: 60)
     assert [(e.entry.key, e.size) for e in plan] == [("model/a/v1", 60)]
 

@@ -261,7 +261,7 @@ def test_a_cache_directory_that_is_a_file_is_one_sentence(tmp_path, make_manager
     cache_dir.write_text("I am a file")
     manager = make_manager([local("w", "w.bin")])
 
-    with pytest.raises(AssetCacheError, match="is a file. Move the file away, or point FLOWMAS_ASSETS_DIR"):
+    with pytest.raises(AssetCacheError, match=r"is a file\. Move the file away, or point FLOWMAS_ASSETS_DIR"):
         manager.download("w")
     assert cache_dir.read_text() == "I am a file"
 

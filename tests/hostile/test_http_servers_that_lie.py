@@ -257,7 +257,7 @@ def test_a_trickle_ends_at_the_deadline_and_what_arrived_is_on_disk(http_server,
     assert time.monotonic() - started < 5
     assert "did not finish within 1.5 s" in str(info.value) and "FLOWMAS_DOWNLOAD_DEADLINE_SECONDS" in str(info.value)
     kept = part_of(manager).read_bytes()
-    assert 0 < len(kept) and kept == V1[: len(kept)]  # written as it arrived: nothing held back in a buffer
+    assert len(kept) > 0 and kept == V1[: len(kept)]  # written as it arrived: nothing held back in a buffer
     assert not published(manager)
 
 
