@@ -130,7 +130,9 @@ def list_assets(
     if as_json:
         out.print_json(json.dumps([row.model_dump(mode="json") for row in rows]))
         return
-    table = Table("Name", "Version", "Type", "Source", "Checksum", "Status", "Path", title="flowmas assets")
+    table = Table(title="flowmas assets")
+    for column in ("Name", "Version", "Type", "Source", "Checksum", "Status", "Path"):
+        table.add_column(column, overflow="fold")  # never cut a path or a URL: fold it
     for row in rows:
         checksum = f"{row.checksum[:15]}…" if row.checksum else "-"
         table.add_row(*(escape(cell) for cell in (row.name, row.version, row.asset_type, row.source, checksum,
