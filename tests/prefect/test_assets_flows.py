@@ -298,6 +298,31 @@ def test_the_table_artifact_lists_each_asset(
     assert row["source"] == f"http: {http_server.url_for(PATH)}"
 
 
+def test_url_credentials_and_signatures_never_reach_artifacts_or_logs(
+    tmp_path: Path, http_server: FileServer, client: SyncPrefectClient
+) -> None:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    http_server.add(PATH, DATA, require_headers={"Authorization": "Basic dXNlcjpodW50ZXIy"})  # user:hunter2
+    host = http_server.url.removeprefix("http://")
+    signed = {"name": "model", "version": "v1", "retry_delay_seconds": 0, "retries": 1,
+              "source": {"type": "http", "url": f"http://user:hunter2@{host}{PATH}?X-Amz-Signature=cafef00d"}}
+    http_server.script(PATH, status(503))  # a retry, so the failure path logs the URL too
+    project = write_project(tmp_path, [signed])
+
+    state = run_flow(download_assets, project_file=str(project))
+
+    assert state.is_completed(), state
+    flow_run_id = state.state_details.flow_run_id
+    [row] = artifact_rows(client, flow_run_id, "download-assets")
+    assert row["source"] == f"http: http://{host}{PATH}?…"
+    logs = eventually(
+        lambda: client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))),
+        lambda found: any(log.name == "flowmas.assets" for log in found))
+    shown = json.dumps([row, [log.message for log in logs], client.read_flow_run(flow_run_id).parameters])
+    assert "hunter2" not in shown and "cafef00d" not in shown
+
+
 @pytest.mark.parametrize("strategy", ["env_token", "prefect_secret"])
 def test_tokens_never_reach_parameters_or_artifacts(
     strategy: str,
