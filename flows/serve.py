@@ -81,13 +81,24 @@ class UpInfo:
 # --- the services runner ----------------------------------------------------------------------------
 
 
+_stop_requested = threading.Event()
+"""Set by a SIGINT or SIGTERM: whatever fails afterwards failed because we were asked to stop."""
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    _stop_requested.set()
+    raise KeyboardInterrupt
+
+
 def run_services(services: Sequence[Service], foreground: Callable[[], None]) -> None:
     """Start ``services`` in order, run ``foreground`` until it returns, stop the started ones in reverse."""
     started: list[Service] = []
+    _stop_requested.clear()
     # Ctrl-C raises KeyboardInterrupt even if the parent ignored SIGINT (a shell's background job); until
     # prefect's runner installs its own graceful SIGTERM handler, SIGTERM unwinds the same way, so the
-    # services already started are stopped rather than orphaned.
-    with _signals({signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.default_int_handler}):
+    # services already started are stopped rather than orphaned. The interrupt can land inside a library
+    # that wraps it in its own error (pydantic's SchemaError, seen): _sentence then reads it as the stop.
+    with _signals({signal.SIGINT: _request_stop, signal.SIGTERM: _request_stop}):
         try:
             for service in services:
                 service.start()
@@ -490,6 +501,8 @@ def _sentence(what: str, hint: str) -> Iterator[None]:
         raise
     except Exception as exc:
         logger.debug("%s", what, exc_info=True)
+        if _stop_requested.is_set():  # an interrupt that a library wrapped in an error of its own
+            raise KeyboardInterrupt from None
         raise ServiceStartError(f"{what} ({describe_error(exc)}). {hint}") from exc
 
 

@@ -535,3 +535,21 @@ def test_flowmas_up_serves_prefect_yaml_and_stops_cleanly_on_ctrl_c(
         assert "flowmas up: stopped serving" in output.text
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{ui_url}/api/health", timeout=2)
+
+
+def test_a_stop_signal_that_a_library_wraps_in_its_own_error_is_still_a_clean_stop() -> None:
+    """SIGTERM can land inside pydantic's schema building, which reports it as a SchemaError (seen on CI)."""
+    from flows.serve import _sentence
+
+    def foreground() -> None:
+        with _sentence("Serving stopped", "Start it again."):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                raise RuntimeError("Error building `definitions` serializer:") from None
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_services([], foreground)
+    assert time.monotonic() - started < 5
