@@ -36,10 +36,16 @@ at the adapter that calls the third party. ``TransientError`` is a marker: "retr
     ├── LLMError
     │   ├── LLMHTTPError
     │   └── LLMProtocolError
-    ├── OpacaError
-    │   ├── UnknownAgentError (LookupError)
-    │   ├── UnknownActionError (LookupError)
-    │   └── ActionFailedError
+    ├── OpacaError                          the agent container (HTTP status in agents_api's one table)
+    │   ├── UnknownAgentError (LookupError)           404
+    │   ├── UnknownActionError (LookupError)          404
+    │   ├── UnknownStreamError (LookupError)          404
+    │   ├── InvalidArgumentsError (ValueError)        400  arguments that do not match the action
+    │   ├── ActionFailedError                         500  (or the status_code an HTTPException carried)
+    │   ├── ActionTimeoutError (TimeoutError)         504  ?timeout expired; run_id when a flow run goes on
+    │   ├── LoginFailedError (PermissionError)        401
+    │   ├── LoginNotSupportedError                    501
+    │   └── ContainerConfigurationError (ConfigurationError)  container.json or an image parameter is wrong
     └── ServiceStartError (RuntimeError)        `flowmas up`: a service did not come up, or serving failed
     TransientError                              mixin: retrying can help
 
@@ -265,13 +271,59 @@ class OpacaError(FlowmasError):
 class UnknownAgentError(OpacaError, LookupError):
     """No agent of that id in this container."""
 
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
 
 class UnknownActionError(OpacaError, LookupError):
     """No action of that name (for that agent) in this container."""
 
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownStreamError(OpacaError, LookupError):
+    """No stream of that name (for that agent) in this container."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgumentsError(OpacaError, ValueError):
+    """The arguments do not match the action's parameters (the platform's rules); ``problems`` lists each."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
+
 
 class ActionFailedError(OpacaError):
-    """An action ran and failed."""
+    """An action ran and failed. ``status_code`` is 500 unless the action raised an HTTP exception of its own."""
+
+    def __init__(self, message: str, *, status_code: int = 500, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.run_id = run_id
+
+
+class ActionTimeoutError(OpacaError, TimeoutError):
+    """The invocation's timeout expired; ``run_id`` names the flow run that goes on, when there is one."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class LoginFailedError(OpacaError, PermissionError):
+    """The credentials were refused (HTTP 401)."""
+
+
+class LoginNotSupportedError(OpacaError):
+    """No agent of this container handles a login (HTTP 501)."""
+
+
+class ContainerConfigurationError(ConfigurationError):
+    """container.json or an image parameter (environment variable) is missing or wrong."""
 
 
 # --- flowmas up -------------------------------------------------------------------------------------
