@@ -8,9 +8,10 @@ The SDK's names (``StreamDescription.Mode``, ``LoginMsg``, ``Parameter.ArrayItem
 
 from __future__ import annotations
 
+import builtins
 from datetime import UTC, datetime
-from enum import Enum
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 from pydantic.alias_generators import to_camel
@@ -39,7 +40,7 @@ class Parameter(OpacaModel):
     default_value: Any = None
     items: ArrayItems | None = None
 
-    ArrayItems = ArrayItems  # the SDK's spelling: Parameter.ArrayItems
+    ArrayItems: ClassVar[builtins.type[ArrayItems]] = ArrayItems  # the SDK's spelling: Parameter.ArrayItems
 
 
 class Action(OpacaModel):
@@ -49,7 +50,7 @@ class Action(OpacaModel):
     result: Parameter | None = None
 
 
-class StreamMode(str, Enum):
+class StreamMode(StrEnum):
     GET = "GET"
     POST = "POST"
 
@@ -61,7 +62,7 @@ class StreamDescription(OpacaModel):
     mode: StreamMode = StreamMode.GET
     description: str | None = None
 
-    Mode = StreamMode
+    Mode: ClassVar[type[StreamMode]] = StreamMode
 
 
 Stream = StreamDescription
@@ -134,8 +135,10 @@ class Message(OpacaModel):
 
 
 class Login(OpacaModel):
+    """Credentials of a container login; the password stays out of ``repr`` (and so out of logs)."""
+
     username: str
-    password: str
+    password: str = Field(repr=False)
 
 
 class LoginMsg(OpacaModel):
