@@ -57,6 +57,7 @@ from __future__ import annotations
 import inspect
 import re
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -252,6 +253,10 @@ def action_spec(func: Callable[..., Any], *, name: str | None = None, descriptio
     )
 
 
+MAX_KEPT_MESSAGES = 1000
+"""How many received messages an agent keeps in ``messages`` by default."""
+
+
 class AbstractAgent:
     """An OPACA agent: actions and streams, messages, logins. Subclass it (see the module docstring)."""
 
@@ -263,6 +268,7 @@ class AbstractAgent:
         self.description: str | None = description if description is not None else clean_description(own_doc)
         self.container: Container | None = None
         self.channels: set[str] = set()
+        self.messages: deque[Message] = deque(maxlen=MAX_KEPT_MESSAGES)
         self._actions: dict[str, ActionSpec] = {}
         self._streams: dict[str, StreamSpec] = {}
         self._collect_decorated()
@@ -384,8 +390,14 @@ class AbstractAgent:
     def unsubscribe_channel(self, channel: str) -> None:
         self.channels.discard(channel)
 
-    async def receive_message(self, message: Message) -> None:
-        """Called with every message sent to this agent or broadcast to a channel it subscribed; override it."""
+    def receive_message(self, message: Message) -> None:
+        """Called with every message sent to this agent or broadcast to a channel it subscribed; override it.
+
+        By default the message is kept in ``self.messages`` (the SDK's behaviour, which overrides calling
+        ``super().receive_message(message)`` rely on), bounded to the ``MAX_KEPT_MESSAGES`` most recent so
+        that a flood of broadcasts cannot grow the process without end. An override may be ``async``.
+        """
+        self.messages.append(message)
 
     async def handle_login(self, login: LoginMsg) -> bool | None:
         """Checks a container login; override to support logins.

@@ -528,7 +528,7 @@ class Container:
             text = shorten(one_line(str(detail if detail is not None else exc)), 500)
             log.info("%s answered HTTP %d.", what, status)
             return ActionFailedError(text or f"{what} failed with HTTP status {status}.", status_code=status)
-        log.warning("%s failed.", what, exc_info=exc)
+        log.debug("%s failed.", what, exc_info=exc)  # the face logs it once, with the error id it answers
         text = shorten(one_line(str(exc)), 300)
         return ActionFailedError(f"{what} failed: {type(exc).__name__}{': ' + text if text else ''}")
 

@@ -280,9 +280,10 @@ def test_channels_and_default_hooks():
     assert agent.dynamic_stream("x") is None
 
 
-async def test_default_receive_message_and_logout_do_nothing():
+async def test_default_receive_message_keeps_the_message_as_the_sdk_does_and_logout_does_nothing():
     agent = AbstractAgent()
-    assert await agent.receive_message(Message(payload=1)) is None
+    assert agent.receive_message(Message(payload=1)) is None  # a plain method: SDK overrides call super()
+    assert [m.payload for m in agent.messages] == [1]
     assert await agent.handle_logout("t") is None
 
 
