@@ -32,6 +32,7 @@ Why it is shaped like this:
 from __future__ import annotations
 
 import copy
+import gc
 import inspect
 import json
 import math
@@ -202,6 +203,11 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if client is not None:
             await client.start()
+        # Everything imported and built at start-up lives as long as the process: moved out of the garbage
+        # collector's generations, it is not rescanned on every collection. Measured (bench/api.py): invoke
+        # p99 60-95 ms -> about 10 ms, and up to 1.5x the throughput, on the 2-core machines this runs on.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
