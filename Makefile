@@ -18,8 +18,10 @@ check: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# Benchmarks print ratios against baselines measured in the same run (bench/*.py docstrings say what and how).
 bench: $(STAMP)
 	$(VENV)/bin/python bench/assets.py
+	$(VENV)/bin/python bench/api.py
 
 $(UV):
 	$(PYTHON) -m venv .tools
