@@ -268,7 +268,8 @@ def _add_routes(app: OpacaApp, container: Container, settings: ApiSettings) -> N
         arguments = _json_object(await _read_body(request, limit), "invoke",
                                  "a JSON object mapping parameter names to values", empty_ok=True)
         result = await container.invoke(params["action"], arguments, agent_id=params.get("agentId"),
-                                        timeout=timeout, login_token=login_token(scope["headers"]))
+                                        timeout=timeout, login_token=login_token(scope["headers"]),
+                                        idempotency_key=request.headers.get("idempotency-key"))
         return _raw(_encode_result(result, params["action"]))
 
     async def get_stream(request: Request) -> Response:

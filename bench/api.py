@@ -70,7 +70,7 @@ Ctrl-C; their logs go to the work dir (a temp dir, removed afterwards unless ``-
    flow deployed as ``double/opaca`` tagged ``opaca`` (registered, and served as ``flowmas up`` serves its
    deployments, by a second ``flow.serve`` with the same settings), and the container ``flowmas up`` runs,
    ``up.container.ContainerService`` (the Deployments agent over ``agents_api.deployments.DeploymentRuns``,
-   the built-in agents, ``create_app`` inside ``InvocationMiddleware``, uvicorn in a thread), in a child
+   the built-in agents, ``create_app``, uvicorn in a thread), in a child
    process of its own on a free port, with an empty project; it is ready once its ``/info`` lists the
    action ``Double``. The same client process calls ``POST /invoke/Double`` with ``{"x": i}`` over a
    keep-alive ``httpx.Client``. ``--calls`` calls each (after one untimed call each), interleaved (the
@@ -925,7 +925,7 @@ def start_flowmas_deployments(bench: Bench, result: DeploymentResult, env: dict[
 
     The deployment is registered (and served, as ``flowmas up`` serves its deployments) by a second
     ``flow.serve`` process; the container is ``up.container.ContainerService`` (the Deployments agent over
-    ``agents_api.deployments.DeploymentRuns``, the built-in agents, ``InvocationMiddleware`` around
+    ``agents_api.deployments.DeploymentRuns``, the built-in agents, and
     ``create_app``, uvicorn in a thread) in a child process of its own, on a free port.
     """
     missing = flowmas_missing("agents_api.deployments:DeploymentsAgent", "up.container:ContainerService")

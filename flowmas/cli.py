@@ -228,17 +228,25 @@ def up(
     host: Annotated[str, typer.Option(help="Address of the local Prefect server.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(min=0, max=65535,
                                              help="Its port (default 4200 if free, else any; 0: any).")] = None,
+    api_host: Annotated[str | None, typer.Option(
+        help="Address of the OPACA container API (default 127.0.0.1; 0.0.0.0 when a platform started it).")] = None,
+    api_port: Annotated[int, typer.Option(min=0, max=65535,
+                                          help="Port of the OPACA container API (0: any free port).")] = 8082,
     limit: Annotated[int | None, typer.Option(min=1, help="Most flow runs at once.")] = None,
     server_timeout: Annotated[float, typer.Option(min=1, max=3600, help="Seconds to wait for the server.")] = 120.0,
 ) -> None:
-    """Run flowmas: a local Prefect server (unless PREFECT_API_URL is set) serving every deployment."""
-    from flows.serve import run_up
+    """Run flowmas: a local Prefect server (unless PREFECT_API_URL is set) serving every deployment, and the
+    OPACA agent container."""
+    from up import run_up
 
+    # Flow runs execute in this process too (the container's deployment actions): their flowmas records would
+    # print twice, through this CLI's handler and Prefect's console handler on the root logger.
+    logging.getLogger("flowmas").propagate = False
     if os.environ.get("PREFECT_API_URL") and (port is not None or host != "127.0.0.1"):
         log.warning("PREFECT_API_URL is set, so no local server is started: --host and --port are ignored")
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C during start-up: whatever had started is stopped
         run_up(project_file=project, prefect_yaml=prefect_yaml, host=host, port=port, limit=limit,
-               server_timeout=server_timeout)
+               server_timeout=server_timeout, api_host=api_host, api_port=api_port)
 
 
 if __name__ == "__main__":

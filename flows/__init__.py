@@ -1,5 +1,5 @@
-"""Prefect flows: the entrypoints named in prefect.yaml (``flows/assets.py``) and ``flowmas up`` (``serve``).
+"""Prefect flows: the entrypoints named in prefect.yaml (``flows/assets.py``) and the pull step (``steps``).
 
-Nothing is imported at package level, so importing ``flows.serve`` (for a CLI's ``--help``) does not load
-Prefect; ``run_up`` loads it when it starts.
+``flowmas up``, which serves them, is a process supervisor rather than a flow: it lives in the ``up`` package.
+Nothing is imported at package level, so importing a module here loads only what that module needs.
 """

@@ -14,7 +14,7 @@ of the ``OpacaError`` s of ``flowmas.errors`` (the face maps each to its HTTP st
 
 from flowmas.opaca.agent import AbstractAgent, ActionSpec, StreamSpec, action, action_spec, stream
 from flowmas.opaca.capabilities import ENTRY_POINT_GROUP, AgentContext, load_builtin_agents
-from flowmas.opaca.container import Container, load_image
+from flowmas.opaca.container import Container, Invocation, current_invocation, invocation, load_image
 from flowmas.opaca.models import (
     Action,
     AgentContainer,
@@ -49,6 +49,7 @@ __all__ = [
     "Container",
     "ErrorResponse",
     "ImageParameter",
+    "Invocation",
     "Login",
     "LoginMsg",
     "Message",
@@ -63,6 +64,8 @@ __all__ = [
     "action",
     "action_spec",
     "convert_arguments",
+    "current_invocation",
+    "invocation",
     "load_builtin_agents",
     "load_image",
     "parameter_for",

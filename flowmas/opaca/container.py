@@ -60,6 +60,7 @@ it get ``handle_logout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -68,9 +69,11 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -194,6 +197,39 @@ def _as_bytes(chunk: Any) -> bytes:
     if isinstance(chunk, bytearray | memoryview):
         return bytes(chunk)
     raise TypeError(f"a stream chunk must be bytes or str, not {type(chunk).__name__}")
+
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """The parts of a call an action's callback cannot get as arguments (``current_invocation()``)."""
+
+    timeout: float
+    """Seconds the caller allows, the container's default applied."""
+    idempotency_key: str | None
+    """The client's ``Idempotency-Key`` header: a retried request must not start the work twice."""
+    started: float
+    """``time.monotonic()`` when the call began."""
+
+
+_invocation: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar("flowmas_opaca_invocation",
+                                                                               default=None)
+
+
+def current_invocation() -> Invocation | None:
+    """The call the running action answers (None outside ``Container.invoke``); sync actions see it too."""
+    return _invocation.get()
+
+
+@contextlib.contextmanager
+def invocation(timeout: float, idempotency_key: str | None = None) -> Iterator[Invocation]:
+    """Make ``current_invocation()`` answer this for the block: for callers of a callback without a container."""
+    value = Invocation(timeout, idempotency_key, time.monotonic())
+    token = _invocation.set(value)
+    try:
+        yield value
+    finally:
+        _invocation.reset(token)
 
 
 class Container:
@@ -430,14 +466,24 @@ class Container:
         return agent_or_none, spec_or_none
 
     async def invoke(self, action: str, arguments: Any, *, agent_id: str | None = None,
-                     timeout: float | None = None, login_token: str | None = None) -> Any:
-        """Runs an action and returns its result in JSON form (see the module docstring for each step)."""
+                     timeout: float | None = None, login_token: str | None = None,
+                     idempotency_key: str | None = None) -> Any:
+        """Runs an action and returns its result in JSON form (see the module docstring for each step).
+
+        The callback sees the call's effective timeout and the client's ``Idempotency-Key`` through
+        ``current_invocation()`` (an action that starts work outliving the call, a flow run, needs both).
+        """
         agent, spec = self.find_action(action, agent_id)
         what = f"Action {spec.name!r} of agent {agent.agent_id}"  # registered names: nothing hostile to show
         token_kwargs = self._authorise(spec.auth, spec.takes_login_token, login_token, what)
         kwargs = spec.prepare(arguments, self._validators)
         kwargs.update(token_kwargs)
-        result = await self._run(spec.callback, (), kwargs, is_async=spec.is_async, timeout=timeout, what=what)
+        call = _invocation.set(Invocation(self._timeout(timeout), idempotency_key or None, time.monotonic()))
+        try:
+            result = await self._run(spec.callback, (), kwargs, is_async=spec.is_async, timeout=timeout,
+                                     what=what)
+        finally:
+            _invocation.reset(call)
         try:
             return spec.to_json(result)
         except Exception as exc:

@@ -35,7 +35,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import flows.steps
 from flowmas.errors import ConfigurationError
-from flows.serve import (
+from tests.prefect.support import DATA, PATH, REPO, eventually, http_asset, write_project
+from tests.servers.http_files import FileServer
+from up import (
     PrefectServer,
     ServiceStartError,
     check_prefect_api,
@@ -45,8 +47,6 @@ from flows.serve import (
     run_services,
     run_up,
 )
-from tests.prefect.support import DATA, PATH, REPO, eventually, http_asset, write_project
-from tests.servers.http_files import FileServer
 
 pytestmark = pytest.mark.prefect
 
@@ -481,12 +481,21 @@ def test_flowmas_up_against_an_api_that_does_not_answer_says_what_to_do(
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_flowmas_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    with flowmas_up("--port", "0", env=own_server_env(tmp_path)) as (process, output):
+    """The demo project of the repository: its Greeter agent is served by the container, then SIGTERM."""
+    with flowmas_up("--port", "0", "--api-port", "0", env=own_server_env(tmp_path)) as (process, output):
         ui_url = output.wait_for(r"Prefect UI at (http://127\.0\.0\.1:(\d+))", timeout=120)
+        container = output.wait_for(r"OPACA container at (http://127\.0\.0\.1:\d+) \(API docs: \1/docs\)",
+                                    timeout=30).group(1)
         output.wait_for(r"flowmas up: serving ", timeout=30)
         port = int(ui_url.group(2))
         [server_pid] = processes_with(f"prefect server start --host 127.0.0.1 --port {port}")
         assert httpx.get(f"{ui_url.group(1)}/api/health", timeout=5).status_code == 200
+        info = httpx.get(f"{container}/info", timeout=5).json()
+        actions = {a["name"] for agent in info["agents"] for a in agent["actions"]}
+        assert {"Greet", "ListAssets", "DownloadAssets", "GetRunStatus"} <= actions
+        assert httpx.get(f"{container}/docs", timeout=5).status_code == 200
+        greeting = httpx.post(f"{container}/invoke/Greet", json={}, timeout=30)
+        assert greeting.json() == (REPO / "examples/templates/greeting.txt").read_text().strip()
 
         process.send_signal(signal.SIGTERM)
 
@@ -495,6 +504,8 @@ def test_flowmas_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in output.text
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{ui_url.group(1)}/api/health", timeout=2)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{container}/info", timeout=2)
     assert not Path(f"/proc/{server_pid}").exists()
     assert pick_port("127.0.0.1", None, preferred=port) == port  # a restart now would keep the address
 
@@ -504,11 +515,17 @@ def test_flowmas_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 def test_flowmas_up_serves_prefect_yaml_and_stops_cleanly_on_ctrl_c(
     tmp_path: Path, http_server: FileServer
 ) -> None:
-    """The real thing: its own Prefect server, the deployments of prefect.yaml, a run, then Ctrl-C."""
+    """The real thing: its own Prefect server, the deployments of prefect.yaml, runs, then Ctrl-C.
+
+    One run through ``run_deployment`` (the runner's subprocess), one through the container's DownloadAssets
+    (a real run of the same deployment, executed in the container's process), as the README's curl does.
+    """
     http_server.add(PATH, DATA)
     project = write_project(tmp_path / "project", [http_asset(http_server)])
-    with flowmas_up("--project", str(project), "--port", "0", env=own_server_env(tmp_path)) as (process, output):
+    with flowmas_up("--project", str(project), "--port", "0", "--api-port", "0",
+                    env=own_server_env(tmp_path)) as (process, output):
         ui_url = output.wait_for(r"Prefect UI at (http://127\.0\.0\.1:\d+)", timeout=120).group(1)
+        container = output.wait_for(r"OPACA container at (http://127\.0\.0\.1:\d+)", timeout=30).group(1)
         output.wait_for(r"serving download-assets/default, verify-assets/default, clear-asset-cache/default, "
                         r"cleanup-cache/default", timeout=30)
         with temporary_settings(updates={PREFECT_API_URL: f"{ui_url}/api"}):
@@ -526,8 +543,19 @@ def test_flowmas_up_serves_prefect_yaml_and_stops_cleanly_on_ctrl_c(
                                  poll_interval=0.5, as_subflow=False)
             assert run.state is not None and run.state.is_completed(), (run.state, output.text)
             [row] = run.state.result()
-        assert row["status"] == "fetched" and Path(row["detail"]).read_bytes() == DATA
-        assert Path(row["detail"]).is_relative_to(tmp_path / "project/cache")
+            assert row["status"] == "fetched" and Path(row["detail"]).read_bytes() == DATA
+            assert Path(row["detail"]).is_relative_to(tmp_path / "project/cache")
+
+            answer = httpx.post(f"{container}/invoke/DownloadAssets", json={"names": ["model"], "force": True},
+                                headers={"Idempotency-Key": "readme-1"}, timeout=90)
+            assert answer.status_code == 200, (answer.text, output.text)
+            [again] = answer.json()
+            assert again["status"] == "fetched" and again["detail"] == row["detail"]
+            with get_client(sync_client=True) as client:
+                [via_container] = [r for r in client.read_flow_runs() if r.idempotency_key
+                                   and r.idempotency_key.endswith(":readme-1")]
+                states = [s.name for s in client.read_flow_run_states(via_container.id)]
+            assert states == ["AwaitingContainer", "Pending", "Running", "Completed"], states
         assert (tmp_path / "home/prefect/prefect.db").exists()  # the server's SQLite lives under FLOWMAS_HOME
 
         process.send_signal(signal.SIGINT)
@@ -535,14 +563,16 @@ def test_flowmas_up_serves_prefect_yaml_and_stops_cleanly_on_ctrl_c(
         assert "flowmas up: stopped serving" in output.text
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{ui_url}/api/health", timeout=2)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{container}/info", timeout=2)
 
 
 def test_a_stop_signal_that_a_library_wraps_in_its_own_error_is_still_a_clean_stop() -> None:
     """SIGTERM can land inside pydantic's schema building, which reports it as a SchemaError (seen on CI)."""
-    from flows.serve import _sentence
+    from up.supervisor import sentence
 
     def foreground() -> None:
-        with _sentence("Serving stopped", "Start it again."):
+        with sentence("Serving stopped", "Start it again."):
             try:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(5)
