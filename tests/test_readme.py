@@ -8,6 +8,7 @@ so the README cannot grow a command that nobody runs.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -58,7 +59,8 @@ def bash(script: str, env: dict[str, str], timeout: float = 120) -> subprocess.C
 
 # --- every block is claimed -------------------------------------------------------------------------
 
-CLAIMED = {"make up", ACTIVATE, "flowmas assets list", "export PREFECT_API_URL=http://127.0.0.1:4200/api"}
+CLAIMED = {"make up", ACTIVATE, "flowmas assets list", "export PREFECT_API_URL=http://127.0.0.1:4200/api",
+           "curl -s -w '\\n' http://127.0.0.1:8082/agents/greeter"}
 
 
 def test_every_bash_block_is_run_by_a_test() -> None:
@@ -141,8 +143,9 @@ def _port_free(port: int) -> bool:
 @pytest.mark.e2e
 @pytest.mark.timeout(300)
 def test_make_up_then_the_readme_deployment_run(tmp_path: Path) -> None:
-    """What the README tells a newcomer: `make up`, then in another shell the `prefect deployment run`."""
+    """What the README tells a newcomer: `make up`, then in another shell curl and `prefect deployment run`."""
     readme_port_free = _port_free(4200)
+    assert _port_free(8082), "port 8082 (the README's container address) is taken on this machine"
     env = user_env(tmp_path, PREFECT_RUNNER_POLL_FREQUENCY="1")  # the runner picks the run up within a second
     up = subprocess.Popen(["make", "up"], cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -154,9 +157,10 @@ def test_make_up_then_the_readme_deployment_run(tmp_path: Path) -> None:
         while not (match := re.search(r"Prefect UI at http://127\.0\.0\.1:(\d+)", "".join(lines))):
             assert up.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
-        while "serving download-assets/default" not in "".join(lines):
+        while "OPACA container at http://127.0.0.1:8082" not in "".join(lines):
             assert up.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
+        assert "serving download-assets/default" in "".join(lines)
         port = int(match.group(1))
         block = block_starting("export PREFECT_API_URL=http://127.0.0.1:4200/api")
         if readme_port_free:
@@ -164,11 +168,21 @@ def test_make_up_then_the_readme_deployment_run(tmp_path: Path) -> None:
         else:  # something else holds 4200 on this machine: the README says to use the printed address
             block = block.replace(":4200/", f":{port}/")
 
+        asked = bash(block_starting("curl -s -w '\\n' http://127.0.0.1:8082/agents/greeter"), env, timeout=120)
+
+        assert asked.returncode == 0, asked.stdout + asked.stderr
+        agent, greeting, downloaded = asked.stdout.splitlines()
+        assert json.loads(agent)["agentId"] == "greeter" and "Greet" in agent
+        assert json.loads(greeting) == (REPO / "examples/templates/greeting.txt").read_text().strip()
+        [row] = json.loads(downloaded)
+        assert row["asset"] == "greeting" and row["status"] in ("fetched", "cached")
+
         done = bash(block, env, timeout=180)
 
         assert done.returncode == 0, done.stdout + done.stderr
         assert "Completed" in done.stdout, done.stdout
         assert (tmp_path / "home/assets/template/greeting/latest/data/greeting.txt").is_file()
+        assert done.stdout.count("download-assets") >= 1 and "Completed" in done.stdout.split("--watch")[-1]
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the whole foreground group

@@ -22,7 +22,9 @@ added or removed: the face tells the platform (``POST /containers/notify``).
 Lookups are O(1): an action name maps to the first registered agent that has it (what the SDK and the
 platform pick when no agent is named), ``(agent_id, name)`` goes through the agent's own dict.
 
-``invoke(action, arguments, *, agent_id=None, timeout=None, login_token=None)``, in this order:
+``invoke(action, arguments, *, agent_id=None, timeout=None, login_token=None, idempotency_key=None)``, in this
+order (the callback sees the effective timeout and the client's ``Idempotency-Key`` through
+``current_invocation()``):
 
 1. lookup (``UnknownAgentError``, ``UnknownActionError``);
 2. an ``auth`` action needs ``login_token`` to be a token of a current login (quoted or not, as the
