@@ -168,6 +168,7 @@ def test_make_up_then_the_readme_deployment_run(tmp_path: Path) -> None:
         else:  # something else holds 4200 on this machine: the README says to use the printed address
             block = block.replace(":4200/", f":{port}/")
 
+        assert httpx.get("http://127.0.0.1:8082/docs", timeout=10).status_code == 200  # the address printed
         asked = bash(block_starting("curl -s -w '\\n' http://127.0.0.1:8082/agents/greeter"), env, timeout=120)
 
         assert asked.returncode == 0, asked.stdout + asked.stderr
@@ -185,13 +186,16 @@ def test_make_up_then_the_readme_deployment_run(tmp_path: Path) -> None:
         assert done.stdout.count("download-assets") >= 1 and "Completed" in done.stdout.split("--watch")[-1]
     finally:
         if up.poll() is None:
-            os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in the terminal reaches the whole foreground group
+            # SIGTERM, as `docker stop` or systemd stop it (tests/prefect/test_up.py covers Ctrl-C's SIGINT).
+            os.killpg(up.pid, signal.SIGTERM)
             try:
                 up.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(up.pid, signal.SIGKILL)
                 up.wait()
-        reader.join(timeout=5)
-    assert "flowmas up: stopped serving" in "".join(lines), "".join(lines)
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2)
+        reader.join(timeout=60)  # the pipe ends once flowmas up, make's child, has exited too
+    output = "".join(lines)
+    assert "flowmas up: stopped serving" in output and "Traceback" not in output, output
+    for closed in (f"http://127.0.0.1:{port}/api/health", "http://127.0.0.1:8082/info"):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(closed, timeout=2)

@@ -480,38 +480,6 @@ def test_flowmas_up_against_an_api_that_does_not_answer_says_what_to_do(
 
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
-def test_flowmas_up_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    """The demo project of the repository: its Greeter agent is served by the container, then SIGTERM."""
-    with flowmas_up("--port", "0", "--api-port", "0", env=own_server_env(tmp_path)) as (process, output):
-        ui_url = output.wait_for(r"Prefect UI at (http://127\.0\.0\.1:(\d+))", timeout=120)
-        container = output.wait_for(r"OPACA container at (http://127\.0\.0\.1:\d+) \(API docs: \1/docs\)",
-                                    timeout=30).group(1)
-        output.wait_for(r"flowmas up: serving ", timeout=30)
-        port = int(ui_url.group(2))
-        [server_pid] = processes_with(f"prefect server start --host 127.0.0.1 --port {port}")
-        assert httpx.get(f"{ui_url.group(1)}/api/health", timeout=5).status_code == 200
-        info = httpx.get(f"{container}/info", timeout=5).json()
-        actions = {a["name"] for agent in info["agents"] for a in agent["actions"]}
-        assert {"Greet", "ListAssets", "DownloadAssets", "GetRunStatus"} <= actions
-        assert httpx.get(f"{container}/docs", timeout=5).status_code == 200
-        greeting = httpx.post(f"{container}/invoke/Greet", json={}, timeout=30)
-        assert greeting.json() == (REPO / "examples/templates/greeting.txt").read_text().strip()
-
-        process.send_signal(signal.SIGTERM)
-
-        assert process.wait(timeout=60) == 0, output.text
-    assert "flowmas up: stopped serving" in output.text
-    assert "Traceback" not in output.text
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{ui_url.group(1)}/api/health", timeout=2)
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{container}/info", timeout=2)
-    assert not Path(f"/proc/{server_pid}").exists()
-    assert pick_port("127.0.0.1", None, preferred=port) == port  # a restart now would keep the address
-
-
-@pytest.mark.e2e
-@pytest.mark.timeout(180)
 def test_flowmas_up_serves_prefect_yaml_and_stops_cleanly_on_ctrl_c(
     tmp_path: Path, http_server: FileServer
 ) -> None:
