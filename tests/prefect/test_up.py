@@ -87,17 +87,6 @@ def deployment_or_none(client: SyncPrefectClient, name: str) -> Any:
         return None
 
 
-def processes_with(text: str) -> list[int]:
-    """Pids whose command line contains ``text`` (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(entry.name))
-    return pids
-
-
 class Output:
     """Lines a child process prints, collected by a thread so the test never blocks on a pipe."""
 
