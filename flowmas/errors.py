@@ -24,9 +24,13 @@ at the adapter that calls the third party. ``TransientError`` is a marker: "retr
     │   ├── AssetVerificationError              a cached asset no longer matches its record
     │   └── LockTimeoutError (TimeoutError)     another process held the asset's lock too long
     ├── FileServiceError
-    │   ├── SessionMismatchError (PermissionError)
-    │   ├── FileExpiredError (FileNotFoundError)
-    │   └── InvalidFileURLError (ValueError)
+    │   ├── FileServiceNotFoundError (FileNotFoundError)   no such file in this session (another session's
+    │   │                                                  file gets the very same answer)
+    │   ├── FileExpiredError (FileNotFoundError)  its time to live has passed
+    │   ├── SessionMismatchError (PermissionError) alias FileServicePermissionError: a bad session id or share
+    │   ├── InvalidFileURLError (ValueError)      not an amfs:// URL, or an unknown or malformed param
+    │   ├── FileTooLargeError                     a per-file or per-session size limit, counted as bytes stream
+    │   └── FileStorageError                      a storage backend failed (its errors translated once)
     ├── GraphError
     │   ├── ConditionError
     │   ├── VisitLimitExceededError
@@ -204,8 +208,16 @@ class FileServiceError(FlowmasError):
     """Something went wrong in the session file service."""
 
 
+class FileServiceNotFoundError(FileServiceError, FileNotFoundError):
+    """No such file in this session; a file of another session gets the same answer (no existence oracle)."""
+
+
 class SessionMismatchError(FileServiceError, PermissionError):
-    """A file was asked for under a session that does not own it."""
+    """An invalid session id, or a share URL that is forged, tampered with or for another file."""
+
+
+FileServicePermissionError = SessionMismatchError
+"""Solace Agent Mesh's name for it."""
 
 
 class FileExpiredError(FileServiceError, FileNotFoundError):
@@ -213,7 +225,15 @@ class FileExpiredError(FileServiceError, FileNotFoundError):
 
 
 class InvalidFileURLError(FileServiceError, ValueError):
-    """A string that is not a valid ``amfs://`` URL."""
+    """A string that is not a valid ``amfs://`` URL, or a URL with an unknown or malformed param."""
+
+
+class FileTooLargeError(FileServiceError):
+    """A per-file or per-session size limit was passed while the bytes streamed; nothing was kept."""
+
+
+class FileStorageError(FileServiceError):
+    """A storage backend (volume, S3, memory) failed; the message says which and what to check."""
 
 
 # --- graphs -----------------------------------------------------------------------------------------
