@@ -21,9 +21,6 @@ the platform notified when agents change. An ``HTTPException`` an action raises 
 ``LoginFailedError`` from ``handle_login`` answers 401.
 """
 
-from flowmas.opaca.agent import AbstractAgent, action, stream
-from flowmas.opaca.container import Container
-
 from agents_api.app import ApiSettings, OpacaApp, create_app, create_routes
 from agents_api.errors import STATUS
 from agents_api.platform import PlatformClient
@@ -38,6 +35,8 @@ from flowmas.errors import (
     UnknownAgentError,
     UnknownStreamError,
 )
+from flowmas.opaca.agent import AbstractAgent, action, stream
+from flowmas.opaca.container import Container
 from flowmas.opaca.models import (
     Action,
     AgentContainer,
