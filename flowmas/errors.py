@@ -32,11 +32,15 @@ at the adapter that calls the third party. ``TransientError`` is a marker: "retr
     │   ├── FileTooLargeError                     a per-file or per-session size limit, counted as bytes stream
     │   └── FileStorageError                      a storage backend failed (its errors translated once)
     ├── GraphError
-    │   ├── ConditionError
-    │   ├── VisitLimitExceededError
-    │   └── SnapshotError
+    │   ├── GraphDefinitionError (ValueError)     unknown dependencies, cycles outside flow control, bad jumps
+    │   ├── ConditionError (ValueError)           a Lua condition that does not compile, run or fit its limits
+    │   ├── NonRetryableError alias NonRetryableException: raised by a module to stop its node's retries
+    │   ├── VisitLimitExceededError               a node visited more often than max_visits
+    │   ├── IterationLimitExceededError           a run past max_total_iterations
+    │   └── SnapshotError                         a snapshot that cannot be written, read or resumed
     ├── CacheError
-    │   └── MailboxError
+    │   ├── CacheConnectionError (TransientError) the cache server is unreachable
+    │   └── MailboxError                          a mailbox operation failed
     ├── LLMError
     │   ├── LLMHTTPError
     │   └── LLMProtocolError
@@ -243,12 +247,30 @@ class GraphError(FlowmasError):
     """Something went wrong while running an agent task graph."""
 
 
-class ConditionError(GraphError):
-    """A flow-control condition failed to compile or run."""
+class GraphDefinitionError(GraphError, ValueError):
+    """The graph cannot run as defined (unknown dependencies, a cycle outside flow control, a jump target that
+    does not exist); the message names the nodes."""
+
+
+class ConditionError(GraphError, ValueError):
+    """A flow-control condition failed to compile or run, or hit its memory or instruction limit; the message
+    names the node, the decision and the source text."""
+
+
+class NonRetryableError(GraphError):
+    """Raised by a module: retrying its node cannot help, so the node fails now."""
+
+
+NonRetryableException = NonRetryableError
+"""Asimov's name."""
 
 
 class VisitLimitExceededError(GraphError):
     """A node was visited more often than its limit allows."""
+
+
+class IterationLimitExceededError(GraphError):
+    """A run took more steps than its ``max_total_iterations``."""
 
 
 class SnapshotError(GraphError):
@@ -260,6 +282,10 @@ class SnapshotError(GraphError):
 
 class CacheError(FlowmasError):
     """Something went wrong in the cache backend."""
+
+
+class CacheConnectionError(CacheError, TransientError):
+    """The cache server cannot be reached; the message names it (never its password)."""
 
 
 class MailboxError(CacheError):
