@@ -17,12 +17,13 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from dotenv import load_dotenv
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flowmas.assets.manifest import AssetConfig
 from flowmas.assets.record import ProjectRef
 from flowmas.errors import ConfigurationError, UnknownAssetError
+from flowmas.files.config import FileServiceConfig
 from flowmas.text import shorten
 
 PROJECT_FILENAMES = ("flowmas.yaml", "flowmas.yml", "openmas_project.yml", "openmas_project.yaml")
@@ -48,6 +49,11 @@ class FlowmasSettings(BaseSettings):
     home: Path = Path("~/.flowmas")
     project: Path | None = None
     assets_dir: Path | None = None
+    snapshot_dir: Path | None = None
+    """Where graph runs write their JSON snapshots (default: $FLOWMAS_HOME/snapshots)."""
+    cache_url: SecretStr | None = Field(default=None, min_length=1, max_length=4096)
+    """The graph cache: ``redis://…``, ``rediss://…`` or ``unix://…`` for Redis; unset or ``memory://`` for the
+    embedded one."""
     lock_timeout_seconds: float = _seconds(3600.0)
     """How long to wait for another process that is downloading the same asset."""
     lock_log_interval_seconds: float = _seconds(5.0, most=DAY)
@@ -64,13 +70,35 @@ class FlowmasSettings(BaseSettings):
     """The longest one download may take, every attempt and pause included."""
     max_retry_delay_seconds: float = _seconds(60.0, most=DAY)
 
+    # The file service (flowmas.files): each one, when set, wins over services.file_service in the project file.
+    files_storage: str | None = Field(default=None, min_length=1, max_length=300)
+    """The storage type: volume, bucket, memory, block:<name>, or a custom class of the project file."""
+    files_dir: Path | None = None
+    """The volume store's directory (default: $FLOWMAS_HOME/files)."""
+    files_max_time_to_live: float | None = _seconds(None, most=365 * DAY)  # type: ignore[arg-type]
+    files_default_ttl: float | None = _seconds(None, most=365 * DAY)  # type: ignore[arg-type]
+    files_expiration_check_interval: float | None = _seconds(None, most=DAY, least=0.999)  # type: ignore[arg-type]
+    files_max_file_bytes: int | None = Field(default=None, gt=0, le=2**50)
+    files_max_session_bytes: int | None = Field(default=None, gt=0, le=2**50)
+    files_infer_max_bytes: int | None = Field(default=None, gt=0, le=2**40)
+    files_read_max_bytes: int | None = Field(default=None, gt=0, le=2**40)
+    files_upload_grace_seconds: float | None = _seconds(None, most=7 * DAY, least=0.999)  # type: ignore[arg-type]
+    files_share_secret: SecretStr | None = Field(default=None, min_length=16, max_length=4096)
+    """The HMAC secret of share URLs; every process of a store must agree (default: the one the store keeps)."""
+    files_s3_bucket: str | None = Field(default=None, min_length=3, max_length=63)
+    files_s3_prefix: str | None = Field(default=None, max_length=512)
+    files_s3_endpoint_url: str | None = Field(default=None, max_length=2048)
+    files_s3_region: str | None = Field(default=None, max_length=64)
+    files_s3_part_bytes: int | None = Field(default=None, ge=5 * 2**20, le=5 * 2**30)
+    """Part size of S3 multipart uploads (5 MiB to 5 GiB)."""
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
         except ValidationError as exc:
             raise ConfigurationError(format_settings_error(exc)) from None
 
-    @field_validator("home", "project", "assets_dir")
+    @field_validator("home", "project", "assets_dir", "files_dir", "snapshot_dir")
     @classmethod
     def _expand(cls, path: Path | None) -> Path | None:
         return path.expanduser() if path is not None else None
@@ -82,7 +110,8 @@ def format_settings_error(exc: ValidationError) -> str:
     for error in exc.errors(include_url=False):
         name = "FLOWMAS_" + "_".join(str(part) for part in error["loc"]).upper()
         given = error.get("input")
-        shown = f" (got {shorten(str(given), 40)!r})" if isinstance(given, (str, int, float)) else ""
+        secret = "SECRET" in name or "TOKEN" in name
+        shown = f" (got {shorten(str(given), 40)!r})" if isinstance(given, (str, int, float)) and not secret else ""
         lines.append(f"  {name}{shown}: {error['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
@@ -97,6 +126,12 @@ class AssetSettings(_Strict):
 
 class ProjectSettings(_Strict):
     assets: AssetSettings | None = None
+
+
+class ServicesSettings(_Strict):
+    """``services:`` of a project file (Solace Agent Mesh's name for it): the file service's section."""
+
+    file_service: FileServiceConfig = Field(default_factory=FileServiceConfig)
 
 
 class AgentEntry(_Strict):
@@ -130,6 +165,7 @@ class Project(_Strict):
     agents: dict[str, AgentEntry] = Field(default_factory=dict)
     assets: list[AssetConfig] = Field(default_factory=list)
     settings: ProjectSettings = Field(default_factory=ProjectSettings)
+    services: ServicesSettings = Field(default_factory=ServicesSettings)
     # OpenMAS keys, accepted and ignored by flowmas.
     shared_paths: list[str] = Field(default_factory=list)
     extension_paths: list[str] = Field(default_factory=list)

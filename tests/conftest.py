@@ -31,6 +31,7 @@ for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "FLOWMAS_ASSET
 
 from tests.servers.http_files import FileServer  # noqa: E402
 from tests.servers.hub import HubServer  # noqa: E402
+from tests.servers.s3 import S3Server  # noqa: E402
 
 _private_redis: subprocess.Popen[bytes] | None = None
 
@@ -131,6 +132,20 @@ def hub(_hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     yield _hub_server
     _hub_server.reset()
+
+
+@pytest.fixture(scope="session")
+def _s3_server() -> Iterator[S3Server]:
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_server(_s3_server: S3Server) -> Iterator[S3Server]:
+    """The session's S3 endpoint (moto's server on 127.0.0.1, real boto3), emptied for each test."""
+    _s3_server.reset()
+    yield _s3_server
+    _s3_server.reset()
 
 
 @pytest.fixture(scope="session")
