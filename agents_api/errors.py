@@ -14,6 +14,11 @@ validation errors and anything unexpected are turned into an ``ErrorResponse`` a
     LoginNotSupportedError                      501   the core's message
     ActionFailedError                           500   or the ``status_code`` of the HTTPException the action raised
     ActionTimeoutError                          504   the core's message (run id when a flow run goes on)
+    FileServiceNotFoundError, FileExpiredError  404   one sentence for missing, expired and another session's
+    InvalidFileURLError                         400   what is wrong with the amfs:// URL or its params
+    SessionMismatchError                        403   an invalid session id, a forged or foreign share URL
+    FileTooLargeError                           413   the limit that was passed
+    FileStorageError                            503   which store failed and what to check
     anything else                               500   "Internal error (error id …; see the container log)"
 
 Invariants: a 500 is logged once, with its traceback, under a correlation id that its message names; any
@@ -38,10 +43,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flowmas.errors import (
     ActionFailedError,
     ActionTimeoutError,
+    FileExpiredError,
+    FileServiceNotFoundError,
+    FileStorageError,
+    FileTooLargeError,
     InvalidArgumentsError,
+    InvalidFileURLError,
     LoginFailedError,
     LoginNotSupportedError,
     OpacaError,
+    SessionMismatchError,
     UnknownActionError,
     UnknownAgentError,
     UnknownStreamError,
@@ -96,6 +107,12 @@ STATUS: Mapping[type[BaseException], int] = {
     LoginNotSupportedError: 501,
     ActionFailedError: 500,
     ActionTimeoutError: 504,
+    FileServiceNotFoundError: 404,
+    FileExpiredError: 404,
+    InvalidFileURLError: 400,
+    SessionMismatchError: 403,
+    FileTooLargeError: 413,
+    FileStorageError: 503,
 }
 """The one table: an exception class (or its nearest listed base) → HTTP status. Anything unlisted is a 500."""
 

@@ -1,5 +1,8 @@
 """Prefect Blocks: typed configuration and credentials, each a factory for a core object.
 
+``FlowmasAssets`` (blocks.assets) and the file service's storage blocks ``LocalFileStorage``, ``S3FileStorage``,
+``MemoryFileStorage`` (blocks.files).
+
 ``register_blocks()`` makes the block types known to the Prefect API (``flowmas up`` calls it; by hand:
 ``prefect block register -m blocks``).
 """
@@ -9,9 +12,17 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 
 from blocks.assets import FlowmasAssets
+from blocks.files import (
+    STORAGE_BLOCKS,
+    LocalFileStorage,
+    MemoryFileStorage,
+    S3FileStorage,
+    load_storage_block,
+    resolve_storage_block,
+)
 from blocks.secrets import resolve_prefect_secret
 
-BLOCK_TYPES: tuple[type[Block], ...] = (FlowmasAssets,)
+BLOCK_TYPES: tuple[type[Block], ...] = (FlowmasAssets, *STORAGE_BLOCKS)
 
 
 def register_blocks() -> list[str]:
@@ -21,4 +32,5 @@ def register_blocks() -> list[str]:
     return [block_type.get_block_type_slug() for block_type in BLOCK_TYPES]
 
 
-__all__ = ["BLOCK_TYPES", "FlowmasAssets", "register_blocks", "resolve_prefect_secret"]
+__all__ = ["BLOCK_TYPES", "FlowmasAssets", "LocalFileStorage", "MemoryFileStorage", "S3FileStorage",
+           "load_storage_block", "register_blocks", "resolve_prefect_secret", "resolve_storage_block"]

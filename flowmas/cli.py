@@ -3,20 +3,24 @@
 No input ends in a traceback: every failure goes through ``flowmas.errors.explain`` (one sentence, one
 exit code) in ``FlowmasGroup.invoke``; ``-v`` adds the traceback of an unexpected one to the debug log.
 
-Exit codes: 0 success; 1 a download or verification failed; 2 bad usage or configuration; 3 a prompt
-was declined (nothing changed); 130 interrupted.
+Exit codes: 0 success; 1 a download, verification or file operation failed (a file that is not there, a
+limit passed, the store failing); 2 bad usage or configuration (a malformed ``amfs://`` URL, a path that is no
+file); 3 a prompt was declined (nothing changed); 130 interrupted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,9 +31,10 @@ from typer.core import TyperGroup
 
 import flowmas
 from flowmas.assets.manager import AssetManager, DownloadResult
-from flowmas.errors import EXIT_DECLINED, EXIT_FAILED, EXIT_USAGE, explain
+from flowmas.errors import EXIT_DECLINED, EXIT_FAILED, EXIT_USAGE, InvalidFileURLError, explain
+from flowmas.files import FileService
 from flowmas.settings import FlowmasSettings, load_project
-from flowmas.text import human_size
+from flowmas.text import human_size, one_line, shorten
 
 log = logging.getLogger("flowmas.cli")
 VERBOSE = ("-v", "--verbose")
@@ -62,6 +67,10 @@ app = typer.Typer(cls=FlowmasGroup, help="flowmas: a Prefect 3 platform for mult
 assets_app = typer.Typer(help="Declared models, indexes and templates: download, verify, clear.",
                          no_args_is_help=True, context_settings=HELP)
 app.add_typer(assets_app, name="assets")
+files_app = typer.Typer(help="Session files with amfs:// URLs: upload, download, inspect, share, delete, expire.",
+                        no_args_is_help=True, context_settings=HELP)
+app.add_typer(files_app, name="files")
+T = TypeVar("T")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -219,6 +228,207 @@ def clear_cache(
             say(f"{asset}: {'removed' if manager.clear(asset) else 'not cached (nothing to remove)'}")
         else:
             say(f"removed {manager.clear_all()} cache entries from {manager.cache.root}")
+
+
+# --- files --------------------------------------------------------------------------------------------
+
+SessionOption = Annotated[str, typer.Option("--session", "-s", help="The session the files belong to.")]
+UrlArgument = Annotated[str, typer.Argument(help="The file's amfs:// URL (its params apply: ?head=10, ...).",
+                                            show_default=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON on stdout.")]
+FILE_FIELDS = ("url", "mime_type", "size", "sha256", "upload_timestamp", "expiration_timestamp", "data_source",
+               "shape", "schema_error")
+
+
+def _file_service(project: Path | None) -> FileService:
+    """The service of ``services.file_service`` (the project's, if there is one) with FLOWMAS_FILES_* on top."""
+    settings = FlowmasSettings()
+    loaded = load_project(project, settings=settings) if project is not None else None  # else: found upwards
+    return FileService.from_config(project=loaded, settings=settings)
+
+
+def _with_files(project: Path | None, operation: Callable[[FileService], Awaitable[T]]) -> T:
+    """Run ``operation`` on a fresh service and close it; a malformed URL is a usage error (exit 2)."""
+
+    async def run() -> T:
+        service = _file_service(project)
+        try:
+            return await operation(service)
+        finally:
+            await service.close()
+
+    try:
+        return asyncio.run(run())
+    except InvalidFileURLError as exc:
+        say_error(explain(exc).message)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _shown(name: object) -> str:
+    """A file name as a terminal may show it: one line, control characters escaped, at most 120 characters."""
+    text = one_line(str(name))
+    return shorten("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text), 120)
+
+
+def _when(timestamp: object) -> str:
+    if not isinstance(timestamp, int | float):
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _file_name(metadata: dict[str, Any]) -> str:
+    return str(metadata.get("filename", metadata.get("name", "")))
+
+
+def _file_size(metadata: dict[str, Any]) -> int:
+    return int(metadata.get("size", metadata.get("file_size", 0)) or 0)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+
+
+@files_app.command("upload")
+def files_upload(
+    path: Annotated[Path, typer.Argument(help="The file to upload ('-': standard input, with --name).",
+                                         show_default=False)],
+    session: SessionOption,
+    ttl: Annotated[float | None, typer.Option(min=0.001, help="Seconds to keep it (default and most: the "
+                                                              "service's max_time_to_live).")] = None,
+    name: Annotated[str | None, typer.Option(help="The file name to store (default: the path's).")] = None,
+    data_source: Annotated[str | None, typer.Option(help="Where the data came from (kept in the metadata).")] = None,
+    as_json: JsonOption = False,
+    project: ProjectOption = None,
+) -> None:
+    """Store a file in a session; prints its amfs:// URL (--json: its metadata)."""
+    options: dict[str, Any] = {}
+    if ttl is not None:
+        options["ttl"] = ttl
+    if data_source is not None:
+        options["data_source"] = data_source
+    if str(path) == "-":
+        if not name:
+            say_error("reading standard input needs --name (the file name to store)")
+            raise typer.Exit(EXIT_USAGE)
+        stdin = sys.stdin.buffer
+        chunks = iter(lambda: stdin.read(1 << 20), b"")
+        metadata = _with_files(project, lambda files: files.upload_from_stream(chunks, name, session, **options))
+    else:
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "is not a regular file" if path.exists() else "does not exist"
+            say_error(f"{_shown(path)} {what}: give the path of a file to upload.")
+            raise typer.Exit(EXIT_USAGE)
+        if name:
+            options["file_name"] = name
+        metadata = _with_files(project, lambda files: files.upload_from_file(path, session, **options))
+    if as_json:
+        _print_json(metadata)
+    else:
+        sys.stdout.write(f"{metadata['url']}\n")
+
+
+@files_app.command("download")
+def files_download(
+    url: UrlArgument,
+    session: SessionOption,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write it here (default: stdout).")] = None,
+    project: ProjectOption = None,
+) -> None:
+    """A file's bytes (its URL's params applied), to stdout or -o PATH."""
+    if output is not None:
+        written = _with_files(project, lambda files: files.download_to_file(url, output, session))
+        say(f"{written} ({human_size(Path(written).stat().st_size)})")
+        return
+    stdout = sys.stdout.buffer
+
+    async def stream(files: FileService) -> None:
+        async for chunk in files.open_stream(url, session):
+            stdout.write(chunk)
+        stdout.flush()
+
+    _with_files(project, stream)
+
+
+@files_app.command("info")
+def files_info(url: UrlArgument, session: SessionOption, as_json: JsonOption = False,
+               project: ProjectOption = None) -> None:
+    """A file's metadata: name, size, MIME type, sha256, expiry, inferred schema and shape."""
+    metadata = _with_files(project, lambda files: files.get_metadata(url, session))
+    if as_json:
+        _print_json(metadata)
+        return
+    say(f"name: {_shown(_file_name(metadata))}")
+    for key in FILE_FIELDS:
+        value = metadata.get(key, metadata.get("file_size") if key == "size" else None)
+        if value is None:
+            continue
+        if key == "size":
+            value = f"{human_size(_file_size(metadata))} ({_file_size(metadata)} bytes)"
+        elif key.endswith("_timestamp"):
+            value = _when(value)
+        say(f"{key}: {_shown(value)}")
+    schema = metadata.get("schema-yaml", metadata.get("schema_yaml"))
+    if schema:
+        say("schema-yaml:")
+        for line in str(schema).splitlines():
+            say(f"  {line}")
+
+
+@files_app.command("ls")
+def files_ls(session: SessionOption, as_json: JsonOption = False, project: ProjectOption = None) -> None:
+    """The files of a session."""
+    listed = _with_files(project, lambda files: files.list_files(session))
+    if as_json:
+        _print_json(listed)
+        return
+    if not listed:
+        say("No files in this session.")
+        return
+    table = Table(title="session files")
+    for column in ("Name", "Size", "Type", "Expires (UTC)", "URL"):
+        table.add_column(column, overflow="fold")
+    for metadata in listed:
+        table.add_row(*(escape(cell) for cell in (
+            _shown(_file_name(metadata)), human_size(_file_size(metadata)), str(metadata.get("mime_type") or "-"),
+            _when(metadata.get("expiration_timestamp")), str(metadata.get("url", "")))))
+    out.print(table)
+
+
+@files_app.command("rm")
+def files_rm(url: UrlArgument, session: SessionOption, project: ProjectOption = None) -> None:
+    """Delete a file of a session now."""
+    if not _with_files(project, lambda files: files.delete(url, session)):
+        say_error("No such file in this session (it may have expired or been deleted).")
+        raise typer.Exit(EXIT_FAILED)
+    say(f"deleted {_shown(url)}")
+
+
+@files_app.command("share")
+def files_share(
+    url: UrlArgument,
+    session: SessionOption,
+    ttl: Annotated[float, typer.Option(min=0.001, help="Seconds the share URL stays valid (at most the file's "
+                                                       "own life).")],
+    project: ProjectOption = None,
+) -> None:
+    """A share URL of a file that any session may read for --ttl seconds."""
+    sys.stdout.write(_with_files(project, lambda files: files.share(url, session, ttl)) + "\n")
+
+
+@files_app.command("expire")
+def files_expire(
+    limit: Annotated[int | None, typer.Option(min=1, help="Delete at most this many files.")] = None,
+    project: ProjectOption = None,
+) -> None:
+    """One expiry sweep now: delete every file whose time to live has passed (the expire-files flow's work)."""
+    report = _with_files(project, lambda files: files.expire(limit=limit))
+    say(f"expire: {report}")
+    for problem in report.problems:
+        say_error(problem, label="problem")
+    for error in report.errors:
+        say_error(error)
+    if report.errors:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("up")

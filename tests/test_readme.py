@@ -59,8 +59,11 @@ def bash(script: str, env: dict[str, str], timeout: float = 120) -> subprocess.C
 
 # --- every block is claimed -------------------------------------------------------------------------
 
+FILES_CLI = "URL=$(flowmas files upload examples/templates/greeting.txt --session demo --ttl 3600)"
+FILES_REST = ("FILE=$(curl -s -X POST http://127.0.0.1:8082/invoke/UploadFile -H 'Content-Type: application/json' "
+              "\\")
 CLAIMED = {"make up", ACTIVATE, "flowmas assets list", "export PREFECT_API_URL=http://127.0.0.1:4200/api",
-           "curl -s -w '\\n' http://127.0.0.1:8082/agents/greeter"}
+           "curl -s -w '\\n' http://127.0.0.1:8082/agents/greeter", FILES_CLI, FILES_REST}
 
 
 def test_every_bash_block_is_run_by_a_test() -> None:
@@ -83,11 +86,20 @@ def test_the_activation_line_is_the_one_these_tests_use() -> None:
 
 
 def test_the_yaml_example_is_a_valid_project(tmp_path: Path) -> None:
-    [example] = blocks("yaml")
+    [example] = [block for block in blocks("yaml") if block.startswith("# flowmas.yaml")]
     project = project_from_dict(yaml.safe_load(example), base_dir=tmp_path, source=str(tmp_path / "flowmas.yaml"))
     assert [a.name for a in project.assets] == ["detector", "encoder", "minilm", "prompts"]
     assert project.asset("minilm").is_directory_source and project.asset("prompts").unpack_format == "zip"
     assert project.agent("reader").required_assets == ["encoder", "prompts"]
+
+
+def test_the_file_service_yaml_example_is_a_valid_section(tmp_path: Path) -> None:
+    [example] = [block for block in blocks("yaml") if block.startswith("services:")]
+    project = project_from_dict({"name": "files", **yaml.safe_load(example)}, base_dir=tmp_path,
+                                source=str(tmp_path / "flowmas.yaml"))
+    config = project.services.file_service
+    assert config.storage_kind() == ("volume", None) and config.read_max_bytes == 300_000
+    assert config.config.bucket is not None and config.config.bucket.bucket_name == "my-bucket"
 
 
 def test_the_python_snippet_runs_as_written(tmp_path: Path) -> None:
@@ -124,6 +136,21 @@ def test_the_cli_block_runs_as_written(tmp_path: Path) -> None:
     assert '"status": "cached"' in out  # list --json
     assert out.rstrip().endswith("greeting: removed")
     assert "Traceback" not in done.stderr
+
+
+def test_the_files_cli_block_runs_as_written(tmp_path: Path) -> None:
+    done = bash(block_starting(FILES_CLI), user_env(tmp_path))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    greeting = (REPO / "examples/templates/greeting.txt").read_text()
+    lines = done.stdout.splitlines()
+    assert lines[0] == "name: greeting.txt" and "mime_type: text/plain" in done.stdout
+    assert greeting.splitlines()[0] in lines  # download ?head=1
+    assert '"filename": "greeting.txt"' in done.stdout  # ls --json
+    assert done.stdout.count(greeting.strip()) >= 1  # the share URL read by another session
+    assert re.search(r"^deleted amfs://[0-9a-f]{32}_greeting[.]txt$", done.stdout, flags=re.MULTILINE)
+    assert lines[-1].startswith("expire: 0 expired file(s) deleted")
+    assert (tmp_path / "home/files").is_dir() and "Traceback" not in done.stderr
 
 
 # --- make up, then the deployment run of "On Prefect" -----------------------------------------------
@@ -177,6 +204,13 @@ def test_make_up_then_the_readme_deployment_run(tmp_path: Path) -> None:
         assert json.loads(greeting) == (REPO / "examples/templates/greeting.txt").read_text().strip()
         [row] = json.loads(downloaded)
         assert row["asset"] == "greeting" and row["status"] in ("fetched", "cached")
+
+        files = bash(block_starting(FILES_REST), env, timeout=120)
+        assert files.returncode == 0, files.stdout + files.stderr
+        read, listed, expired = (json.loads(line) for line in files.stdout.splitlines())
+        assert read["content"] == "hello, files\n" and read["encoding"] == "text" and read["truncated"] is False
+        assert [md["filename"] for md in listed] == ["hello.txt"] and expired["errors"] == 0
+        assert re.search(r"serving .*expire-files/default", "".join(lines))  # the file sweep, on its interval
 
         done = bash(block, env, timeout=180)
 

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,7 @@ def test_prefect_yaml_entries_without_an_entrypoint_are_refused(tmp_path: Path) 
         read_deployments(broken)
     assert [d.entrypoint for d in read_deployments(REPO / "prefect.yaml")] == [
         "flows/assets.py:download_assets", "flows/assets.py:verify_assets",
-        "flows/assets.py:clear_asset_cache", "flows/assets.py:cleanup_cache"]
+        "flows/assets.py:clear_asset_cache", "flows/assets.py:cleanup_cache", "flows/files.py:expire_files"]
 
 
 def test_a_server_that_cannot_start_is_reported_and_leaves_nothing_running(tmp_path: Path) -> None:
@@ -401,7 +402,7 @@ def test_prefect_yaml_deploys_with_prefect_deploy_all(
     deployed: subprocess.CompletedProcess[str], client: SyncPrefectClient
 ) -> None:
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    for flow_name in ("download-assets", "verify-assets", "clear-asset-cache", "cleanup-cache"):
+    for flow_name in ("download-assets", "verify-assets", "clear-asset-cache", "cleanup-cache", "expire-files"):
         deployment = client.read_deployment_by_name(f"{flow_name}/default")
         assert deployment.work_pool_name == "flowmas"
         assert deployment.pull_steps == PULL_STEPS
@@ -409,6 +410,9 @@ def test_prefect_yaml_deploys_with_prefect_deploy_all(
     assert [getattr(s.schedule, "cron", None) for s in cleanup.schedules] == ["15 3 * * *"]
     assert cleanup.global_concurrency_limit is not None and cleanup.global_concurrency_limit.limit == 1
     assert cleanup.parameters == {"max_unused_days": 30, "part_max_age_hours": 24, "result_max_age_days": 30}
+    expire = client.read_deployment_by_name("expire-files/default")
+    assert [getattr(s.schedule, "interval", None) for s in expire.schedules] == [timedelta(seconds=600)]
+    assert expire.global_concurrency_limit is not None and expire.global_concurrency_limit.limit == 1
 
 
 @pytest.mark.e2e
