@@ -31,6 +31,7 @@ at the adapter that calls the third party. ``TransientError`` is a marker: "retr
     │   ├── InvalidFileURLError (ValueError)      not an amfs:// URL, or an unknown or malformed param
     │   ├── FileTooLargeError                     a per-file or per-session size limit, counted as bytes stream
     │   └── FileStorageError                      a storage backend failed (its errors translated once)
+    │       └── TransientFileStorageError (TransientError)  unreachable, throttled or 5xx: retried
     ├── GraphError
     │   ├── GraphDefinitionError (ValueError)     unknown dependencies, cycles outside flow control, bad jumps
     │   ├── ConditionError (ValueError)           a Lua condition that does not compile, run or fit its limits
@@ -238,6 +239,10 @@ class FileTooLargeError(FileServiceError):
 
 class FileStorageError(FileServiceError):
     """A storage backend (volume, S3, memory) failed; the message says which and what to check."""
+
+
+class TransientFileStorageError(FileStorageError, TransientError):
+    """The storage could not be reached, throttled or failed on its side (5xx): retrying may help."""
 
 
 # --- graphs -----------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from flowmas.errors import ConfigurationError, FileStorageError, is_transient
+from flowmas.errors import ConfigurationError, is_transient
 from flowmas.files import ExpiryReport, FileService
 from flowmas.settings import FlowmasSettings, Project, load_project
 from flowmas.text import human_size, one_line, shorten
@@ -41,9 +41,6 @@ from tasks.logs import forward_core_logs
 
 log = logging.getLogger("flowmas.tasks.files")
 
-TRANSIENT_S3_CODES = frozenset({"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-                                "RequestTimeTooSkewed", "Throttling", "ThrottlingException"})
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 HASH_CHUNK = 1 << 20
 
 
@@ -77,16 +74,10 @@ def opened_service(project_file: str | None = None, storage_block: str | None = 
 
 
 def transient_storage_error(exc: BaseException) -> bool:
-    """True when retrying may help: flowmas's transient errors, and storage errors from an S3 5xx or throttle.
-
-    Everything else (a missing path, a size limit, credentials refused, a configuration mistake) is final.
-    """
-    if is_transient(exc):
-        return True
-    if isinstance(exc, FileStorageError):
-        code, status = getattr(exc, "code", None), getattr(exc, "status", None)
-        return code in TRANSIENT_S3_CODES or status in TRANSIENT_STATUS
-    return False
+    """True when retrying may help: the core marks those errors ``TransientError`` (the storage unreachable,
+    throttling or failing on its side). Everything else (a missing path, a size limit, credentials refused, a
+    configuration mistake) is final."""
+    return is_transient(exc)
 
 
 def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:

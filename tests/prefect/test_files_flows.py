@@ -8,7 +8,9 @@ through its API.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +31,9 @@ from prefect.states import State
 from pydantic import SecretStr
 
 from blocks import LocalFileStorage, S3FileStorage, register_blocks
-from flowmas.errors import FileStorageError, TransientError
+from flowmas.errors import FileStorageError, TransientFileStorageError
 from flowmas.files import FileService
+from flowmas.files.storage.s3 import S3StorageManager
 from flowmas.settings import load_project
 from flows.files import expire_files, ingest_directory
 from tasks.files import ingest_files, transient_storage_error, upload_file
@@ -194,15 +197,26 @@ def test_a_missing_path_fails_at_once_without_retries(project: Path, client: Syn
 
 
 def test_only_transient_storage_errors_are_retried() -> None:
-    class Throttled(FileStorageError):
-        code, status = "SlowDown", 503
+    unreachable = S3StorageManager("b", endpoint_url=f"http://127.0.0.1:{_closed_port()}", region="us-east-1",
+                                   **{k: v for k, v in CREDENTIALS.items() if k.startswith("aws_")})
 
-    class Unavailable(FileStorageError, TransientError):
-        pass
+    async def write() -> None:
+        try:
+            await unreachable.write("0" * 32, [b"x"])
+        finally:
+            await unreachable.close()
 
-    assert transient_storage_error(Throttled("S3 is throttling")) and transient_storage_error(Unavailable("x"))
+    with pytest.raises(TransientFileStorageError, match="Cannot reach S3") as caught:
+        asyncio.run(write())
+    assert transient_storage_error(caught.value)
     assert not transient_storage_error(FileStorageError("The file store /x is not writable by this user"))
     assert not transient_storage_error(FileNotFoundError("gone"))
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def test_upload_into_s3_through_a_saved_block(s3_server: S3Server, tmp_path: Path) -> None:

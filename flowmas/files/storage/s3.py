@@ -33,7 +33,13 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from flowmas.errors import ConfigurationError, FileServiceNotFoundError, FileStorageError, FileTooLargeError
+from flowmas.errors import (
+    ConfigurationError,
+    FileServiceNotFoundError,
+    FileStorageError,
+    FileTooLargeError,
+    TransientFileStorageError,
+)
 from flowmas.files.storage.base import (
     BUCKET_RE,
     DEFAULT_CHUNK_SIZE,
@@ -208,9 +214,10 @@ class S3StorageManager:
             elif code in ("AccessDenied", "AllAccessDisabled") or status == 403:
                 message = (f"S3 denied {op} in {where} ({code or 'HTTP 403'}): check the credentials' permissions "
                            "and the bucket policy.")
-            elif code in ("SlowDown", "ServiceUnavailable", "InternalError") or (status or 0) >= 500:
-                message = (f"S3 {op} failed in {where}: {code or 'HTTP ' + str(status)} after retries; the service "
-                           "is unavailable or throttling, try again later.")
+            elif code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout") or (status or 0) >= 500:
+                return _TransientS3Error(
+                    f"S3 {op} failed in {where}: {code or 'HTTP ' + str(status)} after retries; the service is "
+                    "unavailable or throttling, try again later.", code, status)
             else:
                 said = self._scrub(str(error.get("Message") or ""))
                 message = f"S3 {op} failed in {where}: {code or 'error'} (HTTP {status})" + (
@@ -221,8 +228,8 @@ class S3StorageManager:
             return FileStorageError(f"No usable AWS credentials for {where}: configure aws_access_key_id and "
                                     "aws_secret_access_key, or boto3's own chain (environment, ~/.aws, a role).")
         if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"):
-            return FileStorageError(f"Cannot reach S3 for {where} ({name}): check the endpoint and the network; "
-                                    "the operation can be retried.")
+            return TransientFileStorageError(f"Cannot reach S3 for {where} ({name}): check the endpoint and the "
+                                             "network; the operation can be retried.")
         return FileStorageError(f"S3 {op} failed in {where}: {name}: {self._scrub(str(exc))}.")
 
     # --- data ---------------------------------------------------------------------------------------------
@@ -542,6 +549,10 @@ class _S3Error(FileStorageError):
         super().__init__(message)
         self.code = code
         self.status = status
+
+
+class _TransientS3Error(_S3Error, TransientFileStorageError):
+    """S3 throttled or failed on its side: retrying may help."""
 
 
 async def _settle(job: Future[None]) -> None:
