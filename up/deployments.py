@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,35 @@ def read_deployments(prefect_yaml: Path) -> list[DeploymentSpec]:
             tags=entry.get("tags") or [], description=entry.get("description"),
         ))
     return specs
+
+
+PROJECT_INTERVALS = {"expire-files": "services.file_service.expiration_check_interval"}
+"""Interval schedules a project file may set: flow name -> the dotted path of the setting in the project."""
+
+
+def with_project_intervals(specs: Sequence[DeploymentSpec], project: Any) -> list[DeploymentSpec]:
+    """``specs`` with each interval schedule of ``PROJECT_INTERVALS`` taken from ``project`` when the project
+    file sets it (``services.file_service.expiration_check_interval: 120`` makes ``expire-files`` run every
+    120 s); prefect.yaml's interval stays otherwise. ``project`` None changes nothing."""
+    if project is None:
+        return list(specs)
+    result = []
+    for spec in specs:
+        flow_name = spec.entrypoint.rpartition(":")[2].replace("_", "-")
+        if flow_name in PROJECT_INTERVALS:
+            setting = PROJECT_INTERVALS[flow_name]
+            path, _, field_name = setting.rpartition(".")
+            section = project
+            for part in path.split("."):
+                section = getattr(section, part)
+            if field_name in section.model_fields_set:
+                interval = float(getattr(section, field_name))
+                schedules = [{**entry, "interval": interval} if "interval" in entry else entry
+                             for entry in spec.schedules]
+                logger.debug("Deployment %r runs every %g s (%s)", spec.name, interval, setting)
+                spec = replace(spec, schedules=schedules)
+        result.append(spec)
+    return result
 
 
 def load_deployments(specs: Sequence[DeploymentSpec], prefect_yaml: Path) -> list[Any]:

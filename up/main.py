@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from flowmas.errors import ConfigurationError, ServiceStartError
-from flowmas.settings import FlowmasSettings
+from flowmas.settings import FlowmasSettings, find_project_file, load_project
 from up.container import DEFAULT_API_PORT, ContainerService
-from up.deployments import Registration, load_deployments, read_deployments, serve_runner
+from up.deployments import (
+    Registration,
+    load_deployments,
+    read_deployments,
+    serve_runner,
+    with_project_intervals,
+)
 from up.prefect_server import PrefectApi, PrefectServer, pick_port
 from up.supervisor import Service, run_services
 
@@ -74,6 +80,11 @@ def run_up(
     container = ContainerService(host=api_host, port=api_port, settings=settings) if api_port is not None else None
     if container is not None:
         container.prepare()  # the project and its agents' classes, before any server starts
+        project = container.project
+    else:
+        project_path = find_project_file(settings=FlowmasSettings())
+        project = load_project(project_path) if project_path is not None else None
+    specs = with_project_intervals(specs, project)
 
     services: list[Service] = []
     updates: dict[Any, Any] = {}

@@ -36,6 +36,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import flows.steps
 from flowmas.errors import ConfigurationError
+from flowmas.settings import load_project
 from tests.prefect.support import DATA, PATH, REPO, eventually, http_asset, write_project
 from tests.servers.http_files import FileServer
 from up import (
@@ -48,6 +49,7 @@ from up import (
     run_services,
     run_up,
 )
+from up.deployments import with_project_intervals
 
 pytestmark = pytest.mark.prefect
 
@@ -253,6 +255,24 @@ def test_prefect_yaml_entries_without_an_entrypoint_are_refused(tmp_path: Path) 
     assert [d.entrypoint for d in read_deployments(REPO / "prefect.yaml")] == [
         "flows/assets.py:download_assets", "flows/assets.py:verify_assets",
         "flows/assets.py:clear_asset_cache", "flows/assets.py:cleanup_cache", "flows/files.py:expire_files"]
+
+
+def test_a_project_sets_the_expiry_sweep_interval_and_nothing_else(tmp_path: Path) -> None:
+    specs = read_deployments(REPO / "prefect.yaml")
+    project_file = tmp_path / "flowmas.yaml"
+    project_file.write_text("name: p\nservices:\n  file_service:\n    expiration_check_interval: 120\n")
+    silent_file = tmp_path / "silent.yaml"
+    silent_file.write_text("name: p\n")
+
+    served = {spec.name + spec.entrypoint: spec.schedules for spec in
+              with_project_intervals(specs, load_project(project_file))}
+    unchanged = with_project_intervals(specs, load_project(silent_file))
+
+    assert served["defaultflows/files.py:expire_files"] == [{"interval": 120.0, "active": True}]
+    assert [s for s in specs if "expire" not in s.entrypoint] == [
+        s for s in with_project_intervals(specs, load_project(project_file)) if "expire" not in s.entrypoint]
+    assert unchanged == specs and with_project_intervals(specs, None) == specs
+    assert [s.schedules for s in specs if "expire" in s.entrypoint] == [[{"interval": 600, "active": True}]]
 
 
 def test_a_server_that_cannot_start_is_reported_and_leaves_nothing_running(tmp_path: Path) -> None:
