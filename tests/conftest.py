@@ -7,6 +7,8 @@ test module imports prefect or huggingface_hub, which read some of them at impor
 
 from __future__ import annotations
 
+import errno
+import ipaddress
 import os
 import shutil
 import socket
@@ -15,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +34,7 @@ for _var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "FLOWMAS_ASSET
 
 from tests.servers.http_files import FileServer  # noqa: E402
 from tests.servers.hub import HubServer  # noqa: E402
+from tests.servers.llm import LLMServer  # noqa: E402
 from tests.servers.s3 import S3Server  # noqa: E402
 
 _private_redis: subprocess.Popen[bytes] | None = None
@@ -76,6 +80,68 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         if time.monotonic() > deadline or _private_redis.poll() is not None:
             pytest.exit(f"Started a private redis-server on port {port}, but it does not answer.", returncode=2)
         time.sleep(0.02)
+
+
+class InternetBlockedError(ConnectionRefusedError):
+    """A test tried to connect to a non-loopback address; the socket guard refused it."""
+
+
+_blocked: list[str] = []  # "host:port" of every refused attempt, listed at the end of the session
+_real_connect, _real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+
+def _is_local(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:  # a name: every address it resolves to must be local
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            return True  # cannot resolve: the real connect fails on its own
+        return all(_is_local(str(info[4][0])) for info in infos)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _check(sock: socket.socket, address: Any) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple) and address:
+        host = str(address[0])
+        if not _is_local(host):
+            _blocked.append(f"{host}:{address[1] if len(address) > 1 else '?'}")
+            raise InternetBlockedError(
+                errno.ECONNREFUSED,
+                f"socket guard: tests may only connect to loopback addresses, not {host} "
+                f"(port {address[1] if len(address) > 1 else '?'}); point the client at a local server",
+            )
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> None:
+    _check(self, address)
+    _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> int:
+    _check(self, address)
+    return _real_connect_ex(self, address)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _socket_guard() -> Iterator[None]:
+    """Keep every test off the internet: connect() to any non-loopback address raises InternetBlockedError
+    (an OSError, so clients fail as when offline), naming the host. Child processes are not guarded."""
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex = _real_connect, _real_connect_ex  # type: ignore[method-assign]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _blocked:
+        terminalreporter.write_line(
+            f"socket guard refused {len(_blocked)} connection(s): {', '.join(sorted(set(_blocked)))}", yellow=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -146,6 +212,20 @@ def s3_server(_s3_server: S3Server) -> Iterator[S3Server]:
     _s3_server.reset()
     yield _s3_server
     _s3_server.reset()
+
+
+@pytest.fixture(scope="session")
+def _llm_server() -> Iterator[LLMServer]:
+    with LLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def llm_server(_llm_server: LLMServer) -> Iterator[LLMServer]:
+    """The session's LLM wire server (Anthropic, OpenAI, Bedrock, Vertex), script and log emptied per test."""
+    _llm_server.reset()
+    yield _llm_server
+    _llm_server.reset()
 
 
 @pytest.fixture(scope="session")

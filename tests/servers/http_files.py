@@ -28,15 +28,13 @@ import contextlib
 import hashlib
 import os
 import re
-import socket
-import socketserver
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
+
+from tests.servers.base import ThreadedServer, TrackedHandler
 
 __all__ = [
     "Behaviour",
@@ -193,39 +191,10 @@ def _if_range_matches(value: str, etag: str | None, last_modified: str | None) -
 # ------------------------------------------------------------------------------------------------- server
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # benchmarks open many connections at once
-    owner: FileServer
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), which can stall on a reverse DNS lookup.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(TrackedHandler["FileServer"]):
     server_version = "flowmas-test-files"
-    sys_version = ""
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
-    server: _Server
     _path: str  # request path without the query string
     _query: str
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.owner._track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.owner._untrack(self.connection)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Silenced: test output must not be polluted by access logs."""
 
     def do_GET(self) -> None:
         self._handle(head=False)
@@ -391,75 +360,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             sent += n
 
-    def _abort(self) -> None:
-        """Cut the connection mid-response so the client sees a body shorter than Content-Length."""
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
-        self.close_connection = True
 
-
-class FileServer:
+class FileServer(ThreadedServer[RequestRecord]):
     """Serves registered paths from 127.0.0.1 on an ephemeral port, with scriptable per-request faults."""
 
+    handler = _Handler
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._settled = threading.Condition(self._lock)
         self._files: dict[str, _Entry] = {}
         self._scripts: dict[str, collections.deque[Behaviour]] = {}
         self._sent: collections.Counter[str] = collections.Counter()
         self._active: collections.Counter[str] = collections.Counter()
-        self._conns: set[socket.socket] = set()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self.requests: list[RequestRecord] = []
-
-    # -- lifecycle
-
-    def start(self) -> FileServer:
-        if self._server is not None:
-            return self
-        self._stopping = threading.Event()
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.owner = self
-        # A short poll interval keeps stop() well under a second.
-        thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="FileServer", daemon=True
-        )
-        thread.start()
-        self._server, self._thread = server, thread
-        return self
-
-    def stop(self) -> None:
-        """Stop accepting, cut every open connection (idle keep-alives and transfers alike) and free the
-        port; handler threads are daemons and exit as their sockets fail."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        with self._lock:
-            self._stopping.set()
-            conns = list(self._conns)
-        server.shutdown()
-        server.server_close()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> FileServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FileServer is not started")
-        return f"http://127.0.0.1:{self._server.server_port}"
 
     def url_for(self, path: str) -> str:
         return self.url + path
@@ -494,12 +407,10 @@ class FileServer:
         with self._lock:
             self._scripts[path] = collections.deque(behaviours)
 
-    def reset(self) -> None:
-        with self._lock:
-            self._files.clear()
-            self._scripts.clear()
-            self._sent.clear()
-            self.requests.clear()
+    def _reset_locked(self) -> None:
+        self._files.clear()
+        self._scripts.clear()
+        self._sent.clear()
 
     # -- observations
 
@@ -530,10 +441,6 @@ class FileServer:
             queue = self._scripts.get(path)
             return queue.popleft() if queue else Ok()
 
-    def _record(self, record: RequestRecord) -> None:
-        with self._lock:
-            self.requests.append(record)
-
     def _count(self, path: str, n: int) -> None:
         with self._lock:
             self._sent[path] += n
@@ -548,14 +455,3 @@ class FileServer:
             with self._settled:
                 self._active[path] -= 1
                 self._settled.notify_all()
-
-    def _track(self, conn: socket.socket) -> None:
-        with self._lock:
-            if self._stopping.is_set():  # accepted while stop() was sweeping
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-            self._conns.add(conn)
-
-    def _untrack(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._conns.discard(conn)

@@ -41,22 +41,17 @@ content coding, invalid-token 401s.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import itertools
 import json
 import re
 import secrets
-import socket
-import socketserver
-import sys
-import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from urllib.parse import parse_qs, unquote
+
+from tests.servers.base import ThreadedServer, TrackedHandler
 
 __all__ = ["HubRepo", "HubRequest", "HubServer", "git_blob_sha1"]
 
@@ -166,22 +161,6 @@ class HubRepo:
         return sha
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: HubServer
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind calls socket.getfqdn(), which can stall on a reverse DNS lookup.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """Clients resetting connections are routine, not worth a traceback on stderr; handler bugs are."""
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
-
-
 class _HubError(Exception):
     """An error answer of the Hub: status, ``X-Error-Code`` and extra headers."""
 
@@ -190,25 +169,8 @@ class _HubError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: the client sends HEAD and GET on one connection
+class _Handler(TrackedHandler["HubServer"]):
     server_version = "flowmas-test-hub"
-    sys_version = ""
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.owner._track(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.owner._untrack(self.connection)
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Silenced: test output must not be polluted by access logs."""
 
     def do_GET(self) -> None:
         self._handle(head=False)
@@ -343,18 +305,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if cut is not None:  # the client sees a body shorter than Content-Length
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-            self.close_connection = True
+            self._abort()
 
 
-class HubServer:
+class HubServer(ThreadedServer[HubRequest]):
     """A Hub on 127.0.0.1 (ephemeral port) serving in-memory repos, with a request log and fault injection."""
 
+    handler = _Handler
+    quiet_disconnects = True  # httpx2 resets pooled connections routinely
+
     def __init__(self, *, lfs_threshold: int = 10 * 2**20) -> None:
+        super().__init__()
         self.lfs_threshold = lfs_threshold
-        self.requests: list[HubRequest] = []
-        self._lock = threading.Lock()
         self._seq = itertools.count()
         self._secret = secrets.token_bytes(16)
         self._repos: dict[tuple[str, str], HubRepo] = {}
@@ -362,55 +324,6 @@ class HubServer:
         self._failures: list[tuple[int, str | None, str | None]] = []  # (status, method, path fragment)
         self._truncations: list[int] = []
         self._corrupted: set[str] = set()  # sha256 of blobs served with a flipped first byte
-        self._conns: set[socket.socket] = set()
-        self._stopping = False
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle
-
-    def start(self) -> HubServer:
-        if self._server is None:
-            self._stopping = False
-            server = _Server(("127.0.0.1", 0), _Handler)
-            server.owner = self
-            # A short poll interval keeps stop() well under a second.
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="HubServer", daemon=True
-            )
-            self._thread.start()
-            self._server = server
-        return self
-
-    def stop(self) -> None:
-        """Stop accepting and free the port, cutting idle keep-alive connections (httpx2 pools them)."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        with self._lock:
-            self._stopping = True
-            conns = list(self._conns)
-        server.shutdown()
-        server.server_close()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        thread.join()
-        self._server = self._thread = None
-
-    def __enter__(self) -> HubServer:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("HubServer is not started")
-        return f"http://127.0.0.1:{self._server.server_port}"
 
     # -- content and faults
 
@@ -435,15 +348,13 @@ class HubServer:
         repo.commit(files)
         return repo
 
-    def reset(self) -> None:
-        """Drop repos, CDN blobs, pending faults and the request log, keeping the port."""
-        with self._lock:
-            self._repos.clear()
-            self._cdn.clear()
-            self._failures.clear()
-            self._truncations.clear()
-            self._corrupted.clear()
-            self.requests.clear()
+    def _reset_locked(self) -> None:
+        """``reset()`` drops repos, CDN blobs, pending faults and the request log, keeping the port."""
+        self._repos.clear()
+        self._cdn.clear()
+        self._failures.clear()
+        self._truncations.clear()
+        self._corrupted.clear()
 
     def fail_next(self, n: int, status: int = 503, *, method: str | None = None, path: str | None = None) -> None:
         """Answer the next ``n`` requests with ``status``, e.g. to test retries; with ``method`` and/or ``path``
@@ -589,18 +500,3 @@ class HubServer:
     def _take_truncation(self) -> int | None:
         with self._lock:
             return self._truncations.pop(0) if self._truncations else None
-
-    def _record(self, request: HubRequest) -> None:
-        with self._lock:
-            self.requests.append(request)
-
-    def _track(self, conn: socket.socket) -> None:
-        with self._lock:
-            if self._stopping:  # accepted while stop() was sweeping
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-            self._conns.add(conn)
-
-    def _untrack(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._conns.discard(conn)
