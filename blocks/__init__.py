@@ -1,7 +1,8 @@
 """Prefect Blocks: typed configuration and credentials, each a factory for a core object.
 
-``FlowmasAssets`` (blocks.assets) and the file service's storage blocks ``LocalFileStorage``, ``S3FileStorage``,
-``MemoryFileStorage`` (blocks.files).
+``FlowmasAssets`` (blocks.assets), the file service's storage blocks ``LocalFileStorage``, ``S3FileStorage``,
+``MemoryFileStorage`` (blocks.files) and the agent cache's ``RedisCacheBlock``, ``EmbeddedCacheBlock``
+(blocks.cache).
 
 ``register_blocks()`` makes the block types known to the Prefect API (``flowmas up`` calls it; by hand:
 ``prefect block register -m blocks``).
@@ -12,6 +13,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 
 from blocks.assets import FlowmasAssets
+from blocks.cache import CACHE_BLOCKS, EmbeddedCacheBlock, RedisCacheBlock, load_cache_block
 from blocks.files import (
     STORAGE_BLOCKS,
     LocalFileStorage,
@@ -22,7 +24,7 @@ from blocks.files import (
 )
 from blocks.secrets import resolve_prefect_secret
 
-BLOCK_TYPES: tuple[type[Block], ...] = (FlowmasAssets, *STORAGE_BLOCKS)
+BLOCK_TYPES: tuple[type[Block], ...] = (FlowmasAssets, *STORAGE_BLOCKS, *CACHE_BLOCKS)
 
 
 def register_blocks() -> list[str]:
@@ -32,5 +34,6 @@ def register_blocks() -> list[str]:
     return [block_type.get_block_type_slug() for block_type in BLOCK_TYPES]
 
 
-__all__ = ["BLOCK_TYPES", "FlowmasAssets", "LocalFileStorage", "MemoryFileStorage", "S3FileStorage",
-           "load_storage_block", "register_blocks", "resolve_prefect_secret", "resolve_storage_block"]
+__all__ = ["BLOCK_TYPES", "EmbeddedCacheBlock", "FlowmasAssets", "LocalFileStorage", "MemoryFileStorage",
+           "RedisCacheBlock", "S3FileStorage", "load_cache_block", "load_storage_block", "register_blocks",
+           "resolve_prefect_secret", "resolve_storage_block"]

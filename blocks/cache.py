@@ -14,14 +14,16 @@ name per process (the engine and the OPACA container of ``flowmas up`` share it)
 from __future__ import annotations
 
 import threading
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from flowmas.cache import BaseCache, EmbeddedCache, RedisCache
+from flowmas.errors import ConfigurationError
+from flowmas.text import one_line, shorten
 
-__all__ = ["CACHE_BLOCKS", "CacheBlock", "EmbeddedCacheBlock", "RedisCacheBlock"]
+__all__ = ["CACHE_BLOCKS", "CacheBlock", "EmbeddedCacheBlock", "RedisCacheBlock", "load_cache_block"]
 
 
 class CacheBlock(Block):
@@ -80,11 +82,42 @@ class EmbeddedCacheBlock(CacheBlock):
     store: str = Field(default="default", description="Blocks naming the same store share one cache per process.")
 
     def cache(self) -> BaseCache:
+        from flowmas.graph.loading import process_cache
+
         with _stores_lock:
             shared = _stores.get(self.store)
-            if shared is None:
-                shared = _stores[self.store] = EmbeddedCache()
+            if shared is None:  # "default" is the process's one cache, the graphs' default without a block
+                shared = _stores[self.store] = process_cache() if self.store == "default" else EmbeddedCache()
         return shared.namespaced(self.namespace)
 
 
 CACHE_BLOCKS: tuple[type[CacheBlock], ...] = (RedisCacheBlock, EmbeddedCacheBlock)
+
+
+def load_cache_block(reference: str) -> CacheBlock:
+    """The saved cache block ``reference`` names: ``<slug>/<name>`` (``redis-cache/prod``), or a ``<name>`` only one
+    cache block type has; every failure is a ``ConfigurationError`` naming what to fix."""
+    from prefect.exceptions import ObjectNotFound
+
+    text = reference.strip()
+    slugs = {block.get_block_type_slug(): block for block in CACHE_BLOCKS}
+    slug, _, name = text.rpartition("/")
+    shown = repr(shorten(one_line(reference), 80))
+    if not name:
+        raise ConfigurationError(f"Cache block {shown} names no block: use '<name>' or '<slug>/<name>' "
+                                 f"(slugs: {', '.join(slugs)}).")
+    if slug and slug not in slugs:
+        raise ConfigurationError(f"Cache block {shown}: {slug!r} is not a cache block type (use one of "
+                                 f"{', '.join(slugs)}).")
+    found: list[CacheBlock] = []
+    for block_type in [slugs[slug]] if slug else list(CACHE_BLOCKS):
+        try:
+            found.append(cast(CacheBlock, block_type.load(name, _sync=True)))  # type: ignore[call-arg]
+        except (ObjectNotFound, ValueError):
+            continue
+    if not found:
+        raise ConfigurationError(f"No saved {slug or ' or '.join(slugs)} block is named {shown}: save one (e.g. "
+                                 f"RedisCacheBlock(url=...).save({name!r})) or fix the name.")
+    if len(found) > 1:
+        raise ConfigurationError(f"Several cache blocks are named {shown}: name one as '<slug>/<name>'.")
+    return found[0]

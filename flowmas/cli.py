@@ -70,6 +70,9 @@ app.add_typer(assets_app, name="assets")
 files_app = typer.Typer(help="Session files with amfs:// URLs: upload, download, inspect, share, delete, expire.",
                         no_args_is_help=True, context_settings=HELP)
 app.add_typer(files_app, name="files")
+graph_app = typer.Typer(help="Agent task graphs: show a plan, run one here with live progress, resume a snapshot.",
+                        no_args_is_help=True, context_settings=HELP)
+app.add_typer(graph_app, name="graph")
 T = TypeVar("T")
 
 out = Console(soft_wrap=True, highlight=False)
@@ -429,6 +432,104 @@ def files_expire(
         say_error(error)
     if report.errors:
         raise typer.Exit(EXIT_FAILED)
+
+
+# --- graphs -------------------------------------------------------------------------------------------
+
+GraphArgument = Annotated[str, typer.Argument(help="The graph: MODULE:ATTR (an Agent, or a function returning one).",
+                                              show_default=False)]
+GRAPH_EXIT = {"complete": 0, "partial_failure": EXIT_FAILED, "failed": EXIT_FAILED}
+"""A run's status as the exit code: complete 0; partial_failure and failed 1 (some node failed)."""
+
+
+@graph_app.command("plan")
+def graph_plan(graph: GraphArgument) -> None:
+    """Validate a graph and print its plan: levels, each node's dependencies, jumps, limits and tracking."""
+    from flowmas.graph.loading import describe_plan, load_graph
+
+    say(describe_plan(load_graph(graph), graph))
+
+
+def _progress(node: str, visit: int, result: Any, seconds: float) -> None:
+    status = result.get("status") if isinstance(result, dict) else type(result).__name__
+    from flowmas.graph.runs import summarise
+
+    mark = "ok" if status == "success" else str(status)
+    err.print(escape(f"  {node}#{visit} {mark} ({seconds:.2f} s) {summarise(result, 100)}"))
+
+
+def _run_graph(graph: str, agent: Any, task: Any, cache_url: str | None, *, snapshot: str | None = None,
+               as_json: bool = False) -> None:
+    from flowmas.cache import EmbeddedCache, cache_from_url
+    from flowmas.graph.loading import default_cache
+    from flowmas.graph.runs import run_graph
+
+    async def run() -> Any:
+        cache = cache_from_url(cache_url) if cache_url else default_cache()
+        try:
+            return await run_graph(agent, task, cache=cache, graph_name=graph, on_node=_progress,
+                                   snapshot_path=snapshot, resume=snapshot is not None)
+        finally:
+            if not isinstance(cache, EmbeddedCache):
+                await cache.close()
+
+    outcome = asyncio.run(run())
+    if as_json:
+        _print_json(outcome.output)
+    else:
+        for row in outcome.rows:
+            say(f"{row['node']}: {row['status']} (visits {row['visits']}) {row['result']}".rstrip())
+        resumed = f", resumed from {outcome.resumed_from}" if outcome.resumed_from else ""
+        say(f"{outcome.status} in {outcome.seconds:.2f} s (task {outcome.task_id}{resumed})")
+    raise typer.Exit(GRAPH_EXIT.get(outcome.status, EXIT_FAILED))
+
+
+@graph_app.command("run")
+def graph_run(
+    graph: GraphArgument,
+    task: Annotated[str, typer.Option("--task", "-t", help='The task as JSON: {"type": ..., "objective": ..., '
+                                                           '"params": {...}}; "-" reads it from stdin.')],
+    cache: Annotated[str | None, typer.Option("--cache", help="Cache URL: redis://…, rediss://…, unix://…, "
+                                                              "memory:// (default: FLOWMAS_CACHE_URL, else "
+                                                              "in memory).")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a graph here; a progress line per node visit on stderr, the nodes' outcome on stdout.
+
+    Exit code: 0 complete, 1 a node failed (partial_failure or failed), 2 a bad graph path, task or cache URL.
+    """
+    from flowmas.graph.loading import load_graph, parse_task
+
+    agent = load_graph(graph)
+    parsed = parse_task(sys.stdin.read() if task == "-" else task)
+    _run_graph(graph, agent, parsed, cache, as_json=as_json)
+
+
+@graph_app.command("resume")
+def graph_resume(
+    snapshot: Annotated[Path, typer.Argument(help="A snapshot file, or a task's snapshot directory (its newest).",
+                                             show_default=False)],
+    graph: Annotated[str | None, typer.Option("--graph", help="MODULE:ATTR (default: the one recorded beside "
+                                                              "the snapshots).")] = None,
+    cache: Annotated[str | None, typer.Option("--cache", help="Cache URL (default: FLOWMAS_CACHE_URL, else in "
+                                                              "memory); the snapshot restores the namespace.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Continue a run from a snapshot: completed nodes do not run again; exit code as for run."""
+    from flowmas.graph.loading import load_graph
+    from flowmas.graph.runs import graph_of_snapshot, newest_snapshot
+    from flowmas.graph.snapshots import read_snapshot
+
+    if not snapshot.exists():
+        say_error(f"{_shown(snapshot)} does not exist: give a snapshot file or a task's snapshot directory.")
+        raise typer.Exit(EXIT_USAGE)
+    name = graph or graph_of_snapshot(snapshot)
+    if name is None:
+        say_error(f"No graph is recorded beside {_shown(snapshot)}: name it with --graph MODULE:ATTR.")
+        raise typer.Exit(EXIT_USAGE)
+    agent = load_graph(name)
+    task = read_snapshot(snapshot if snapshot.is_file() else newest_snapshot(snapshot)).task
+    _run_graph(name, agent, task, cache, snapshot=str(snapshot), as_json=as_json)
 
 
 @app.command("up")

@@ -91,6 +91,8 @@ class FlowmasSettings(BaseSettings):
     files_s3_region: str | None = Field(default=None, max_length=64)
     files_s3_part_bytes: int | None = Field(default=None, ge=5 * 2**20, le=5 * 2**30)
     """Part size of S3 multipart uploads (5 MiB to 5 GiB)."""
+    graph_retention_seconds: float = _seconds(7 * DAY, most=3650 * DAY, least=59.999)
+    """How long ``cleanup-cache`` keeps a finished graph run's cache namespace and snapshots (default 7 days)."""
 
     def __init__(self, **values: Any) -> None:
         try:

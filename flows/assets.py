@@ -22,6 +22,7 @@ from pydantic import Field
 from blocks.assets import FlowmasAssets
 from flowmas.assets.manifest import AssetConfig
 from flowmas.errors import AssetError, explain
+from flowmas.settings import FlowmasSettings
 from flowmas.text import human_size
 from tasks.assets import (
     AssetDownload,
@@ -31,6 +32,7 @@ from tasks.assets import (
     remove_expired_results,
     verify_asset,
 )
+from tasks.graph import cleanup_graph_task
 from tasks.logs import forward_core_logs
 
 
@@ -197,11 +199,17 @@ def cleanup_cache(
     project_file: str | None = None,
     cache_dir: str | None = None,
     block: str | None = None,
+    graph_runs: bool = True,
+    graph_retention_seconds: Annotated[float, Field(gt=0)] | None = None,
+    cache_block: str | None = None,
 ) -> dict[str, Any]:
-    """Evict what the configuration no longer needs, then Prefect's expired result and cache-record files.
+    """Evict what the configuration no longer needs, then Prefect's expired result and cache-record files, then
+    finished agent-graph runs' cache namespaces and snapshots.
 
     ``result_dir`` defaults to Prefect's local result storage (PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-    ``$PREFECT_HOME/storage``), where the download task's cache records live.
+    ``$PREFECT_HOME/storage``), where the download task's cache records live. Graph runs (``graph_runs``)
+    are kept ``graph_retention_seconds`` after they finished (default FLOWMAS_GRAPH_RETENTION_SECONDS, 7 days),
+    in the cache of ``cache_block`` (else FLOWMAS_CACHE_URL, else the embedded one) and FLOWMAS_SNAPSHOT_DIR.
     """
     config = assets_config(project_file, cache_dir, block)
     report = cleanup_asset_cache(config.project_file, config.cache_dir, max_unused_days, max_total_bytes,
@@ -213,8 +221,13 @@ def cleanup_cache(
         results = remove_expired_results(directory, result_max_age_days)
         rows.append({"what": directory, "action": f"removed {len(results)} files",
                      "reason": f"Prefect results older than {result_max_age_days:g} days", "bytes": 0})
+    graph_rows: list[dict[str, Any]] = []
+    if graph_runs:
+        retention = graph_retention_seconds or FlowmasSettings().graph_retention_seconds
+        graph_rows = cleanup_graph_task(retention, None, cache_block)
+        rows += [{**row, "bytes": 0} for row in graph_rows]
     freed = sum(row["bytes"] for row in report["evicted"])
     rows = rows or [{"what": "(nothing)", "action": "kept", "reason": "", "bytes": 0}]
     create_table_artifact(rows, key="cleanup-cache",  # type: ignore[call-arg]
                           description=f"Freed {human_size(freed)}", _sync=True)
-    return {**report, "results": results}
+    return {**report, "results": results, "graph_runs": graph_rows}

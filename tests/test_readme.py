@@ -62,8 +62,9 @@ def bash(script: str, env: dict[str, str], timeout: float = 120) -> subprocess.C
 FILES_CLI = "URL=$(flowmas files upload examples/templates/greeting.txt --session demo --ttl 3600)"
 FILES_REST = ("FILE=$(curl -s -X POST http://127.0.0.1:8082/invoke/UploadFile -H 'Content-Type: application/json' "
               "\\")
+GRAPH_CLI = "flowmas graph plan examples.research:graph"
 CLAIMED = {"make up", ACTIVATE, "flowmas assets list", "export PREFECT_API_URL=http://127.0.0.1:4200/api",
-           "curl -s -w '\\n' http://127.0.0.1:8082/agents/greeter", FILES_CLI, FILES_REST}
+           "curl -s -w '\\n' http://127.0.0.1:8082/agents/greeter", FILES_CLI, FILES_REST, GRAPH_CLI}
 
 
 def test_every_bash_block_is_run_by_a_test() -> None:
@@ -151,6 +152,16 @@ def test_the_files_cli_block_runs_as_written(tmp_path: Path) -> None:
     assert re.search(r"^deleted amfs://[0-9a-f]{32}_greeting[.]txt$", done.stdout, flags=re.MULTILINE)
     assert lines[-1].startswith("expire: 0 expired file(s) deleted")
     assert (tmp_path / "home/files").is_dir() and "Traceback" not in done.stderr
+
+
+def test_the_graph_cli_block_runs_as_written(tmp_path: Path) -> None:
+    done = bash(block_starting(GRAPH_CLI), user_env(tmp_path))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "level 2: search_notes, search_papers, search_web" in done.stdout
+    assert done.stdout.count("summarise: done (visits 2)") == 2  # run, then resume (nothing runs again)
+    assert "resumed from" in done.stdout and "  summarise#2 ok" in done.stderr
+    assert (tmp_path / "home/snapshots/demo/.flowmas-graph").is_file() and "Traceback" not in done.stderr
 
 
 # --- make up, then the deployment run of "On Prefect" -----------------------------------------------

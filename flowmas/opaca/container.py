@@ -50,7 +50,10 @@ agent's ``dynamic_stream``) and a stream of the other mode are ``UnknownStreamEr
 
 Messages: ``send(agent_id, message)`` awaits the agent's ``receive_message`` (``UnknownAgentError``; its
 failure is an ``ActionFailedError``); ``broadcast(channel, message)`` reaches every subscribed agent
-concurrently, logs failures and raises nothing (an unknown channel is fine).
+concurrently, logs failures and raises nothing (an unknown channel is fine). ``on_message(hook)``: an async
+``hook(kind, name, message)`` also gets every message, ``("agent", agent_id, m)`` for a send to a known agent
+(before that agent does) and ``("channel", channel, m)`` for every broadcast; a hook's failure is logged,
+never the sender's answer (the Graphs agent copies messages into the cache's mailboxes this way).
 
 Logins: ``login(Login)`` asks every agent whose class overrides ``handle_login``, concurrently, with a fresh
 uuid4 token. One that accepts is enough: the token is returned. None can -> ``LoginNotSupportedError`` (501);
@@ -73,7 +76,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -267,6 +270,7 @@ class Container:
         self._info: AgentContainer | None = None
         self._info_wire: dict[str, Any] | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._message_hooks: list[Callable[[str, str, Message], Awaitable[None]]] = []
         self._sessions: dict[str, tuple[str, ...]] = {}
         confidential = sum(1 for p in self.image.parameters if p.confidential and p.name in self.parameters)
         log.info("OPACA container %s of image %s: %d image parameter(s) set (%d confidential, values not shown).",
@@ -667,15 +671,28 @@ class Container:
 
     # --- messages ------------------------------------------------------------------------------------------
 
+    def on_message(self, hook: Callable[[str, str, Message], Awaitable[None]]) -> None:
+        """Awaits ``hook(kind, name, message)`` for every send to a known agent and every broadcast."""
+        self._message_hooks.append(hook)
+
+    async def _hooks(self, kind: str, name: str, message: Message) -> None:
+        for hook in list(self._message_hooks):
+            try:
+                await hook(kind, name, message)
+            except Exception as exc:  # noqa: BLE001  # a hook never changes what the sender is answered
+                log.warning("A message hook failed on %s %s: %s", kind, show(name), shorten(one_line(str(exc)), 300))
+
     async def send(self, agent_id: str, message: Message) -> None:
         """Delivers ``message`` to one agent (``UnknownAgentError``)."""
         agent = self.agent(agent_id)
+        await self._hooks("agent", agent_id, message)
         await self._run(agent.receive_message, (message,), {}, is_async=_is_async(agent.receive_message),
                         timeout=None, what=f"Agent {agent.agent_id} receiving a message")
 
     async def broadcast(self, channel: str, message: Message) -> None:
         """Delivers ``message`` to every agent subscribed to ``channel``, concurrently; failures are logged."""
         targets = [agent for agent in self._agents.values() if channel in agent.channels]
+        await self._hooks("channel", channel, message)
         outcomes = await asyncio.gather(
             *(self._run(agent.receive_message, (message,), {}, is_async=_is_async(agent.receive_message),
                         timeout=None, what=f"Agent {agent.agent_id} receiving a broadcast")

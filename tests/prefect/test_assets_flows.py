@@ -409,7 +409,8 @@ def test_cleanup_cache_evicts_an_undeclared_entry_and_expired_result_files(
 def test_a_saved_flowmas_assets_block_configures_the_flows(
     tmp_path: Path, http_server: FileServer, client: SyncPrefectClient
 ) -> None:
-    assert register_blocks() == ["flowmas-assets", "local-file-storage", "s3-file-storage", "memory-file-storage"]
+    assert register_blocks() == ["flowmas-assets", "local-file-storage", "s3-file-storage", "memory-file-storage",
+                                 "redis-cache", "embedded-cache"]
     assert client.read_block_type_by_slug("flowmas-assets").name == "Flowmas Assets"
     http_server.add(PATH, DATA)
     project = write_project(tmp_path / "proj", [http_asset(http_server)])

@@ -254,7 +254,8 @@ def test_prefect_yaml_entries_without_an_entrypoint_are_refused(tmp_path: Path) 
         read_deployments(broken)
     assert [d.entrypoint for d in read_deployments(REPO / "prefect.yaml")] == [
         "flows/assets.py:download_assets", "flows/assets.py:verify_assets",
-        "flows/assets.py:clear_asset_cache", "flows/assets.py:cleanup_cache", "flows/files.py:expire_files"]
+        "flows/assets.py:clear_asset_cache", "flows/assets.py:cleanup_cache", "flows/files.py:expire_files",
+        "flows/graph.py:run_agent_graph"]
 
 
 def test_a_project_sets_the_expiry_sweep_interval_and_nothing_else(tmp_path: Path) -> None:

@@ -1,0 +1,104 @@
+"""Hostile input to the graph's faces: import paths that are not one, tasks of the wrong shape, attributes that are
+no graph, and messages (huge, not JSON) sent to a container whose Graphs agent copies them into the cache."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agents_api import ApiSettings, create_app
+from agents_api.graphs import GraphsAgent
+from flowmas.cache import EmbeddedCache
+from flowmas.errors import ConfigurationError
+from flowmas.graph.loading import load_graph, parse_task
+from flowmas.graph.runs import agent_mailbox, channel_mailbox, platform_cache
+from tests.agents_api import asgi_client, assert_error, make_container
+
+
+@pytest.mark.parametrize(("path", "words"), [
+    ("", "name it MODULE:ATTR"),
+    ("examples.research", "name it MODULE:ATTR"),
+    ("a:b:c", "name it MODULE:ATTR"),
+    ("os.path; rm -rf /:graph", "must be a dotted module name"),
+    ("../etc/passwd:graph", "must be a dotted module name"),
+    ("examples.research:", "must be a dotted module name"),
+    ("examples.research:graph()", "must be a dotted module name"),
+    ("examples.does_not_exist:graph", "cannot import module 'examples.does_not_exist' (not found)"),
+    ("examples.research:nope", "has no attribute 'nope'"),
+    ("examples.research:SOURCES", "is a dict, not a flowmas.graph.Agent"),
+    ("examples.research:Plan", "is a ModelMetaclass, not a flowmas.graph.Agent"),
+    ("tests.graph_faces:not_an_agent", "is a int, not"),
+    ("tests.graph_faces:broken_factory", "the factory 'broken_factory' failed (RuntimeError: the factory broke)"),
+    ("x" * 5000 + ":graph", "an import path of 5006 characters; the limit is 300"),
+])
+def test_bad_import_paths_are_one_sentence(path: str, words: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_graph(path)
+    assert words in str(caught.value)
+    assert len(str(caught.value)) < 600
+
+
+def test_a_factory_is_called_and_its_agent_used() -> None:
+    assert list(load_graph("tests.graph_faces:factory").nodes) == ["only"]
+
+
+@pytest.mark.parametrize(("task", "words"), [
+    ('{"type": 1, "objective": "o"}', "type: Input should be a valid string"),
+    ('{"type": "t"}', "objective: Field required"),
+    ('{"type": "t", "objective": "o", "id": "../../etc"}', "Invalid task id"),
+    ('{"type": "t", "objective": "o", "params": []}', "params: Input should be a valid dictionary"),
+    ("[1, 2]", "must be a JSON object, not list"),
+    ("null", "must be a JSON object, not NoneType"),
+    ("{'type': 't'}", "not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+    ('{"type": "' + "x" * (5 * 2**20) + '"}', "the limit is"),
+])
+def test_tasks_of_the_wrong_shape_name_the_field(task: str, words: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_task(task)
+    assert words in str(caught.value) and len(str(caught.value)) < 700
+
+
+def test_send_and_broadcast_with_hostile_bodies() -> None:
+    cache = EmbeddedCache()
+    container, _, _ = make_container()
+    GraphsAgent(container=container, cache=cache)
+    app = create_app(container, settings=ApiSettings(max_body_bytes=10_000), platform=False)
+
+    async def scenario() -> Any:
+        async with asgi_client(app) as client:
+            assert_error(await client.post("/send/graphs", content=b"x" * 20_000), 413)
+            assert_error(await client.post("/send/graphs", content=b"{not json"), 400)
+            assert_error(await client.post("/send/ghost", json={"payload": 1}), 404)
+            assert_error(await client.post("/broadcast/news", content=b"\xff\xfe"), 400)
+            ok = await client.post("/send/calc-1", json={"payload": "to a calculator"})
+            assert ok.status_code == 200
+            assert (await client.post("/broadcast/news", json={"payload": {"deep": [1] * 100}})).status_code == 200
+        view = platform_cache(cache)
+        return (await view.get_message(agent_mailbox("graphs"), timeout=0),
+                await view.get_message(agent_mailbox("calc-1"), timeout=0),
+                await view.get_message(channel_mailbox("news"), timeout=0))
+
+    nothing, calc, news = asyncio.run(scenario())
+    assert nothing is None  # refused bodies never reach a mailbox
+    assert calc == {"payload": "to a calculator", "replyTo": None}
+    assert news == {"payload": {"deep": [1] * 100}, "replyTo": None}
+
+
+def test_a_failing_cache_never_changes_the_senders_answer() -> None:
+    class Broken(EmbeddedCache):
+        async def publish_to_mailbox(self, mailbox: str, value: Any) -> None:
+            raise RuntimeError("cache down")
+
+    container, first, _ = make_container()
+    GraphsAgent(container=container, cache=Broken())
+    app = create_app(container, platform=False)
+
+    async def scenario() -> int:
+        async with asgi_client(app) as client:
+            return (await client.post("/send/calc-1", json={"payload": 7})).status_code
+
+    assert asyncio.run(scenario()) == 200
+    assert [m.payload for m in first.messages] == [7]
