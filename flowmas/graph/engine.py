@@ -110,6 +110,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -204,10 +205,13 @@ _tracer: Any = None
 _tracer_checked = False
 
 
+_NO_SPAN: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # reusable: costs nothing per node
+
+
 def _span(name: str, enabled: bool, **attributes: str) -> contextlib.AbstractContextManager[Any]:
     global _tracer, _tracer_checked
     if not enabled:
-        return contextlib.nullcontext()
+        return _NO_SPAN
     if not _tracer_checked:
         _tracer_checked = True
         try:
@@ -217,7 +221,7 @@ def _span(name: str, enabled: bool, **attributes: str) -> contextlib.AbstractCon
         else:
             _tracer = trace.get_tracer("flowmas.graph")
     if _tracer is None:
-        return contextlib.nullcontext()
+        return _NO_SPAN
     span: contextlib.AbstractContextManager[Any] = _tracer.start_as_current_span(name, attributes=attributes)
     return span
 
@@ -368,6 +372,72 @@ def _compile_conditions(node: Node) -> None:
 # --- one run ----------------------------------------------------------------------------------------------
 
 
+class _Timeouts:
+    """Module timeouts of one run (rule 13) for the price of two dict operations per module.
+
+    ``asyncio.timeout`` costs a timer in the loop's heap per module, which is a fifth of an inline node's
+    cost. Here each timeout value has one dict of running modules in start order — so in deadline order —
+    and one loop timer is armed for the earliest deadline of all. When it fires, every module past its
+    deadline is cancelled and flagged; the module tells that cancellation from an outer one by the flag and
+    ``Task.uncancel``, as ``asyncio.timeout`` does.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[float, dict[int, tuple[float, asyncio.Task[Any], list[bool]]]] = {}
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+        self._serial = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, timeout: float, task: asyncio.Task[Any], flag: list[bool]) -> tuple[float, int] | None:
+        """Watch ``task``; None when it runs on another event loop than the run's (a node runner's choice),
+        which then uses ``asyncio.timeout``."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            return None
+        deadline = loop.time() + timeout
+        self._serial += 1
+        self._groups.setdefault(timeout, {})[self._serial] = (deadline, task, flag)
+        if deadline < self._armed_at:
+            self._arm(loop, deadline)
+        return timeout, self._serial
+
+    def stop(self, token: tuple[float, int]) -> None:
+        group = self._groups.get(token[0])
+        if group is not None:
+            group.pop(token[1], None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = deadline
+        self._handle = loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._handle, self._armed_at = None, math.inf
+        earliest = math.inf
+        for group in self._groups.values():
+            while group:
+                serial, (deadline, task, flag) = next(iter(group.items()))
+                if deadline > now:
+                    earliest = min(earliest, deadline)
+                    break
+                del group[serial]
+                flag[0] = True
+                task.cancel()
+        if earliest < math.inf:
+            self._arm(loop, earliest)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class GraphRun:
     """Everything one run of an Agent owns; ``run()`` drives it to the end."""
 
@@ -382,6 +452,7 @@ class GraphRun:
         self.namespace = check_task_id(namespace) if namespace is not None else task.id
         self.cache: Cache = agent.cache.namespaced(self.namespace)
         self.semaphore = asyncio.Semaphore(limit)
+        self.timeouts = _Timeouts()
         self.max_total = agent.max_total_iterations
         self.node_runner = node_runner
         self.index = index
@@ -446,6 +517,7 @@ class GraphRun:
                 task.error = _error_text(exc)
                 raise
             finally:
+                self.timeouts.close()
                 await self._close_generators(None)
             return await self._finish()
 
@@ -797,7 +869,7 @@ class GraphRun:
         node = self.nodes[name]
         config = node.node_config
         try:
-            with _span("run_node", node.trace, node=name, task_id=self.task.id):
+            with _span("run_node", True, node=name, task_id=self.task.id) if node.trace else _NO_SPAN:
                 if config.condition is not None or config.inputs:
                     skipped = await self._gate(node)
                     if skipped is not None:
@@ -893,7 +965,7 @@ class GraphRun:
         return {"status": "success", "results": results}
 
     async def _module(self, module: AgentModule, path: str, node: str) -> ModuleResult:
-        with _span("run_module", module.trace, module=module.name, node=node):
+        with _span("run_module", True, module=module.name, node=node) if module.trace else _NO_SPAN:
             if isinstance(module, Node):  # a nested subgraph: never holds a semaphore slot (rule 6)
                 result = await self._composite(module, path)
             elif isinstance(module, FlowControlModule):
@@ -911,16 +983,35 @@ class GraphRun:
             return result
 
     async def _leaf(self, module: AgentModule, path: str, node: str) -> ModuleResult:
+        """Rule 13: past its ``timeout`` the module is cancelled (``_Timeouts``) and the visit fails."""
         timeout = module.config.timeout
+        if timeout is None:
+            return await self._produce(module, path, node)
+        task = asyncio.current_task()
+        assert task is not None
+        expired = [False]
+        token = self.timeouts.start(timeout, task, expired)
+        if token is None:
+            return await self._leaf_on_another_loop(module, path, node, timeout)
+        try:
+            return await self._produce(module, path, node)
+        except asyncio.CancelledError:
+            if not expired[0] or task.uncancel() > 0:
+                raise
+            text = f"Module {module.name!r} execution timed out after {timeout:g} seconds"
+            return {"status": "error", "error": text, "result": text, "module": module.name}
+        finally:
+            self.timeouts.stop(token)
+
+    async def _leaf_on_another_loop(self, module: AgentModule, path: str, node: str, timeout: float) -> ModuleResult:
         try:
             async with asyncio.timeout(timeout) as scope:
                 return await self._produce(module, path, node)
         except TimeoutError:
             if not scope.expired():
                 raise
-            return {"status": "error", "error": f"Module {module.name!r} execution timed out after {timeout:g} "
-                    "seconds", "result": f"Module {module.name!r} execution timed out after {timeout:g} seconds",
-                    "module": module.name}
+            text = f"Module {module.name!r} execution timed out after {timeout:g} seconds"
+            return {"status": "error", "error": text, "result": text, "module": module.name}
 
     async def _produce(self, module: AgentModule, path: str, node: str) -> ModuleResult:
         key = (node, path)

@@ -316,6 +316,53 @@ async def test_13_timeout_cancels_the_module(mem: BaseCache) -> None:
     assert cancelled == [True, True]
 
 
+async def test_13_timeouts_of_mixed_lengths_fire_each_on_time_and_spare_the_rest(mem: BaseCache) -> None:
+    class Sleeper(AgentModule):
+        seconds: float
+
+        async def process(self, cache: Any, semaphore: Any) -> dict[str, Any]:
+            await asyncio.sleep(self.seconds)
+            return {"status": "success", "result": self.seconds}
+
+    def sleeper(name: str, seconds: float, limit: float) -> Node:
+        return node(name, modules=[Sleeper(name=name.lower(), seconds=seconds, config=ModuleConfig(timeout=limit))],
+                    retry_on_failure=False)
+
+    agent = Agent(cache=mem, max_concurrent_tasks=10)
+    agent.add_multiple_nodes([sleeper("Long", 5, 0.3), sleeper("Short", 5, 0.05), sleeper("Quick", 0.01, 0.05),
+                              sleeper("Patient", 0.15, 10)])
+    start = time.perf_counter()
+    out = await agent.run_task(task())
+    elapsed = time.perf_counter() - start
+
+    results = out["result"]
+    assert results["Short"]["error"] == "Module 'short' execution timed out after 0.05 seconds"
+    assert results["Long"]["error"] == "Module 'long' execution timed out after 0.3 seconds"
+    assert results["Quick"]["status"] == "success" and results["Patient"]["status"] == "success"
+    assert 0.3 <= elapsed < 2
+
+
+async def test_13_a_run_cancelled_from_outside_is_cancelled_not_timed_out(mem: BaseCache) -> None:
+    started = asyncio.Event()
+
+    class Sleeper(AgentModule):
+        async def process(self, cache: Any, semaphore: Any) -> dict[str, Any]:
+            started.set()
+            await asyncio.sleep(10)
+            return {"status": "success"}
+
+    agent = Agent(cache=mem)
+    agent.add_node(node("N", modules=[Sleeper(name="s", config=ModuleConfig(timeout=5))]))
+    cancelled = task()
+    run = asyncio.create_task(agent.run_task(cancelled))
+    await started.wait()
+    run.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert cancelled.status == "failed" and "timed out" not in str(cancelled.error)
+
+
 async def test_14_middlewares_generators_and_exhaustion(cache: BaseCache) -> None:
     events: list[str] = []
     stream = Stream(name="stream", n=2, events=events, config=ModuleConfig(middlewares=[Tag("m1"), Tag("m2")]))
