@@ -22,6 +22,8 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python bench/assets.py
 	$(VENV)/bin/python bench/api.py
+	$(VENV)/bin/python bench/files.py
+	$(VENV)/bin/python bench/graph.py
 
 $(UV):
 	$(PYTHON) -m venv .tools
