@@ -42,9 +42,14 @@ at the adapter that calls the third party. ``TransientError`` is a marker: "retr
     ├── CacheError
     │   ├── CacheConnectionError (TransientError) the cache server is unreachable
     │   └── MailboxError                          a mailbox operation failed
-    ├── LLMError
-    │   ├── LLMHTTPError
-    │   └── LLMProtocolError
+    ├── LLMError                            an inference provider call failed (provider, model; never the key)
+    │   ├── LLMHTTPError                        the provider answered 4xx/5xx: status, request_id, code, message
+    │   │   ├── TransientLLMHTTPError (TransientError)   429, 5xx, 529 overloaded: retried, retry-after honoured
+    │   │   └── ContextLengthExceededError            the prompt does not fit the model's context window
+    │   ├── LLMConnectionError (TransientError) refused or dropped connection, a stream cut midway: retried
+    │   │   └── LLMTimeoutError (TimeoutError)   the request's timeout passed
+    │   ├── LLMProtocolError                    the answer did not follow the wire protocol (bad SSE/JSON/events)
+    │   └── ToolChainLimitError                 a tool chain hit max_iterations; ``result`` holds the transcript
     ├── OpacaError                          the agent container (HTTP status in agents_api's one table)
     │   ├── UnknownAgentError (LookupError)           404
     │   ├── UnknownActionError (LookupError)          404
@@ -66,6 +71,10 @@ from __future__ import annotations
 import difflib
 import errno
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flowmas.llm.client import ToolChainResult
 
 
 class FlowmasError(Exception):
@@ -301,15 +310,93 @@ class MailboxError(CacheError):
 
 
 class LLMError(FlowmasError):
-    """Something went wrong talking to an inference provider."""
+    """Something went wrong talking to an inference provider.
+
+    ``provider`` names the wire protocol ("anthropic", "openai", "bedrock", "vertex"), ``model`` the model asked
+    for. Messages never carry credentials: adapters build them from the provider's error text only.
+    """
+
+    def __init__(self, message: str, *, provider: str | None = None, model: str | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.model = model
 
 
 class LLMHTTPError(LLMError):
-    """The provider answered with an HTTP error."""
+    """The provider answered with an HTTP error: ``status``, ``request_id``, ``code`` and the provider's ``message``.
+
+    400/401/403/404/413/422 are this class itself and are never retried: fix the request, key or model.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        code: str | None = None,
+        provider_message: str | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, model=model)
+        self.status = status
+        self.request_id = request_id
+        self.code = code
+        self.provider_message = provider_message
+
+
+class TransientLLMHTTPError(LLMHTTPError, TransientError):
+    """429, 5xx or 529 (overloaded): retried with backoff and jitter; ``retry_after`` is what the provider asked."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+        code: str | None = None,
+        provider_message: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message, provider=provider, model=model, status=status, request_id=request_id, code=code,
+            provider_message=provider_message,
+        )
+        self.retry_after = retry_after
+
+
+class ContextLengthExceededError(LLMHTTPError):
+    """The prompt (plus max_tokens) does not fit the model's context window: shorten the messages or max_tokens."""
+
+
+class LLMConnectionError(LLMError, TransientError):
+    """The connection was refused or dropped, or a stream ended midway: retried with backoff."""
+
+
+class LLMTimeoutError(LLMConnectionError, TimeoutError):
+    """The request's timeout passed before the provider answered."""
 
 
 class LLMProtocolError(LLMError):
-    """The provider's answer did not follow its wire protocol."""
+    """The provider's answer did not follow its wire protocol (malformed SSE, JSON or event order)."""
+
+
+class ToolChainLimitError(LLMError):
+    """A tool chain reached ``max_iterations`` before it ended; ``result`` holds the transcript and usage so far."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        result: ToolChainResult | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(message, provider=provider, model=model)
+        self.result = result
 
 
 # --- OPACA ------------------------------------------------------------------------------------------

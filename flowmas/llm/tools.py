@@ -1,0 +1,185 @@
+"""Tools for ``tool_chain``: a ``ToolSpec`` plus the callable that runs it, and how results reach the model.
+
+- ``Tool.from_function(fn)`` (or the ``@tool`` decorator) builds the spec from type hints and the docstring and
+  calls ``fn(**arguments)`` after validating (and coercing) the arguments with the same pydantic model; invalid
+  arguments become an error result the model sees.
+- Asimov's shape ``(fn, schema_dict)`` is accepted: ``fn`` gets the arguments dict as its one argument.
+- Sync callables run in a worker thread (``asyncio.to_thread``; ``thread=False`` calls them on the loop, for
+  trivial tools); async ones are awaited.
+- A tool raising ``StopToolChain`` (or ``StopAsyncIteration``, Asimov's signal) ends the chain; its value (the
+  exception's first argument, if any) becomes the tool result. Any other exception becomes an error result
+  (``is_error=True``, "ExceptionType: message") that the model sees; the chain goes on.
+- Results: a ``str`` is sent as is; text/image blocks as blocks; everything else as JSON (pydantic models and
+  dataclasses dumped; unknown objects as their ``str``) — never Python's ``repr`` of a dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from flowmas.errors import ConfigurationError
+from flowmas.llm.types import ImageBlock, TextBlock, ToolCallBlock, ToolResultBlock, ToolSpec, _spec_parts
+
+
+class StopToolChain(Exception):
+    """Raised by a tool to end the chain; ``StopToolChain(value)`` makes ``value`` the tool's result."""
+
+    @property
+    def value(self) -> Any:
+        return self.args[0] if self.args else "Done."
+
+
+_STOP_SIGNALS = (StopToolChain, StopAsyncIteration)
+
+
+class Tool:
+    """A tool the model may call: ``spec`` and the function behind it."""
+
+    __slots__ = ("_is_async", "_model", "_takes_dict", "fn", "spec", "thread")
+
+    def __init__(
+        self,
+        spec: ToolSpec | Mapping[str, Any],
+        fn: Callable[..., Any],
+        *,
+        arguments_model: type[BaseModel] | None = None,
+        takes_dict: bool = False,
+        thread: bool = True,
+    ) -> None:
+        self.spec = ToolSpec.coerce(spec)
+        self.fn = fn
+        self.thread = thread
+        self._model = arguments_model
+        self._takes_dict = takes_dict
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - an async callable object
+        )
+
+    @classmethod
+    def from_function(
+        cls, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None, thread: bool = True
+    ) -> Tool:
+        """``thread=False`` calls a sync ``fn`` on the event loop (for trivial, non-blocking tools)."""
+        parts, model = _spec_parts(fn, name=name, description=description)
+        return cls(ToolSpec(**parts), fn, arguments_model=model, thread=thread)
+
+    @classmethod
+    def coerce(cls, value: Tool | tuple[Callable[..., Any], Any] | Callable[..., Any]) -> Tool:
+        """A ``Tool``, Asimov's ``(fn, schema)`` pair, or a plain function."""
+        if isinstance(value, Tool):
+            return value
+        if isinstance(value, tuple) and len(value) == 2 and callable(value[0]):
+            return cls(ToolSpec.coerce(value[1]), value[0], takes_dict=True)
+        if callable(value):
+            return cls.from_function(value)
+        raise ConfigurationError(f"Not a tool: {value!r}. Pass a Tool, a function, or a (function, schema) pair.")
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __repr__(self) -> str:
+        return f"Tool({self.spec.name!r})"
+
+    async def invoke(self, arguments: Mapping[str, Any]) -> Any:
+        """Run the tool with the model's arguments (validated when the tool was built from a function)."""
+        if self._takes_dict:
+            call: Callable[[], Any] = lambda: self.fn(dict(arguments))  # noqa: E731
+        elif self._model is not None:
+            validated = self._model.model_validate(dict(arguments))
+            kwargs = {name: getattr(validated, name) for name in type(validated).model_fields}
+            call = lambda: self.fn(**kwargs)  # noqa: E731
+        else:
+            call = lambda: self.fn(**arguments)  # noqa: E731
+        if self._is_async:
+            return await cast(Awaitable[Any], call())
+        result = await asyncio.to_thread(call) if self.thread else call()
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None) -> Any:
+    """Decorator: ``@tool`` or ``@tool(name=..., description=...)`` turns a function into a ``Tool``."""
+    if fn is None:
+        return lambda f: Tool.from_function(f, name=name, description=description)
+    return Tool.from_function(fn, name=name, description=description)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return _safe_str(value)
+
+
+def encode_result(value: Any) -> str | list[TextBlock | ImageBlock]:
+    """A tool's return value as tool-result content (see the module docstring)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (TextBlock, ImageBlock)):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, (TextBlock, ImageBlock)) for v in value):
+        return list(value)
+    try:
+        return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return _safe_str(value)
+
+
+def describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors()[:10]
+        )
+        return f"Invalid arguments: {problems}"
+    text = _safe_str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _safe_str(value: Any) -> str:
+    """``str(value)``, or its type's name when even that raises (hostile objects)."""
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not end the chain
+        return f"<{type(value).__name__}>"
+
+
+async def run_tool_call(call: ToolCallBlock, tools: Mapping[str, Tool]) -> tuple[ToolResultBlock, bool]:
+    """Run one call; returns its result block and whether the tool asked the chain to stop."""
+    found = tools.get(call.name)
+    if found is None:
+        known = ", ".join(sorted(tools)) or "none"
+        return ToolResultBlock(tool_call_id=call.id, name=call.name, is_error=True,
+                               content=f"Unknown tool {call.name!r}. Available tools: {known}."), False
+    try:
+        value = await found.invoke(call.arguments)
+    except _STOP_SIGNALS as stop:
+        value = stop.value if isinstance(stop, StopToolChain) else (stop.args[0] if stop.args else "Done.")
+        return ToolResultBlock(tool_call_id=call.id, name=call.name, content=encode_result(value)), True
+    except Exception as exc:  # noqa: BLE001 - a failing tool is reported to the model, not raised
+        return ToolResultBlock(tool_call_id=call.id, name=call.name, is_error=True,
+                               content=describe_exception(exc)), False
+    return ToolResultBlock(tool_call_id=call.id, name=call.name, content=encode_result(value)), False
+
+
+def index_tools(tools: Sequence[Any]) -> dict[str, Tool]:
+    out: dict[str, Tool] = {}
+    for item in tools:
+        t = Tool.coerce(item)
+        if t.name in out:
+            raise ConfigurationError(f"Two tools are named {t.name!r}; tool names must be unique.")
+        out[t.name] = t
+    return out
