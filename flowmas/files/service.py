@@ -74,16 +74,21 @@ from flowmas.errors import (
     FileStorageError,
     FileTooLargeError,
     SessionMismatchError,
+    TransientFileStorageError,
 )
 from flowmas.files.inference import Inferencer, file_kind
 from flowmas.files.metadata import OWNED_KEYS, FileMetadata
 from flowmas.files.storage.base import (
     EXPIRY_BUCKET_SECONDS,
+    CopiesLocalFiles,
+    ExpiresInPlace,
     IndexEntry,
     StorageManager,
+    StoresSmallFiles,
     Versioned,
     new_key,
     session_ref,
+    too_large_message,
 )
 from flowmas.files.urls import SHARE_PARAM, build_url, parse_url, share_url, validate_filename, verify_share
 from flowmas.text import human_size, one_line, shorten
@@ -191,6 +196,17 @@ class FileService:
         self._runner: _LoopThread | None = None
         self._runner_lock = threading.Lock()
         self._closed = False
+        self._caps_of: object = None
+        self._caps: tuple[bool, bool, bool] = (False, False, False)
+
+    def _fast(self) -> tuple[bool, bool, bool]:
+        """Which optional fast paths the storage has: (small files, local copies, in-place expiry). Cached
+        per storage object: ``isinstance`` against a runtime-checkable protocol costs tens of µs."""
+        if self._caps_of is not self.storage:
+            self._caps = (isinstance(self.storage, StoresSmallFiles), isinstance(self.storage, CopiesLocalFiles),
+                          isinstance(self.storage, ExpiresInPlace))
+            self._caps_of = self.storage
+        return self._caps
 
     def __repr__(self) -> str:
         return f"FileService({self.storage!r}, max_time_to_live={self.max_time_to_live:g})"
@@ -272,7 +288,8 @@ class FileService:
         except OSError as exc:
             raise FileNotFoundError(exc.errno, f"Cannot read {shorten(str(source), 120)}: {exc.strerror}") from None
         try:
-            return await self._upload(_read_file(handle), file_name, session_id, kwargs)
+            local = handle if self._fast()[1] and _is_regular(handle) else None
+            return await self._upload(_read_file(handle), file_name, session_id, kwargs, local=local)
         finally:
             await asyncio.to_thread(handle.close)
 
@@ -291,7 +308,11 @@ class FileService:
         return await self._upload(source, file_name, session_id, kwargs)
 
     async def _upload(self, chunks: AsyncIterator[bytes], file_name: str, session_id: str,
-                      kwargs: dict[str, Any]) -> dict[str, Any]:
+                      kwargs: dict[str, Any], *, local: Any = None) -> dict[str, Any]:
+        """One upload. ``local``: an open regular file ``chunks`` reads, for a manager that copies local files
+        in the kernel (hashed and inferred from the bytes as stored, which must match the file before and
+        after). A stream that ends within ``small_file_bytes`` of a manager that stores small files in one
+        step goes through ``write_small``."""
         session = _check_session(session_id)
         validate_filename(file_name)
         ttl, mime_type, data_source, extra = self._upload_options(file_name, kwargs)
@@ -325,8 +346,42 @@ class FileService:
 
         await self.storage.index_expiry(key, ref, expires_at)
         committed = False
+        inline: bytes | None = None
         try:
-            size = await self.storage.write(key, measured(), max_bytes=limit)
+            if local is not None:
+                storage: Any = self.storage
+
+                def consume(piece: bytes) -> None:
+                    self._reserve(ref, counted, len(piece), session_room)
+                    take(piece)
+
+                fd = local.fileno()
+                before = _identity(await asyncio.to_thread(os.fstat, fd))
+                size = await storage.write_from_file(key, fd, max_bytes=limit, consume=consume)
+                if _identity(await asyncio.to_thread(os.fstat, fd)) != before:
+                    raise TransientFileStorageError(
+                        f"{shorten(one_line(file_name), 80)!r} changed while it was being uploaded; nothing was "
+                        "stored. Upload it again once it is complete.")
+            else:
+                stream = measured()
+                head: list[bytes] = []
+                small = int(getattr(self.storage, "small_file_bytes", -1)) if self._fast()[0] else -1
+                if small >= 0:
+                    total, ended = 0, True
+                    async for piece in stream:
+                        head.append(piece)
+                        total += len(piece)
+                        if total > small:
+                            ended = False
+                            break
+                    if ended:
+                        inline = b"".join(head)
+                if inline is not None:
+                    if limit is not None and len(inline) > limit:
+                        raise FileTooLargeError(too_large_message(limit))
+                    size = len(inline)
+                else:
+                    size = await self.storage.write(key, _chain(head, stream), max_bytes=limit)
             result = inferencer.finish() if inferencer is not None else None
             metadata = FileMetadata(
                 key=key, session_ref=ref, session_id=session, filename=file_name, size=size,
@@ -335,7 +390,11 @@ class FileService:
                 schema_yaml=result.schema_yaml if result else None, shape=result.shape if result else None,
                 schema_error=result.error if result else None, sampled=result.sampled if result else False,
                 extra=extra)
-            await self.storage.write_metadata(key, metadata.to_stored())
+            if inline is not None:
+                fast: Any = self.storage
+                await fast.write_small(key, inline, metadata.to_stored())
+            else:
+                await self.storage.write_metadata(key, metadata.to_stored())
             committed = True
             return metadata.to_dict()
         finally:
@@ -535,8 +594,15 @@ class FileService:
         handle = await asyncio.to_thread(open, tmp, "xb")
         try:
             try:
-                async for chunk in self._content(access):
-                    await asyncio.to_thread(handle.write, chunk)
+                if not access.params and self._fast()[1]:
+                    try:  # the whole object, untransformed: a kernel copy
+                        copier: Any = self.storage
+                        await copier.copy_to_file(access.metadata.key, handle.fileno())
+                    except FileServiceNotFoundError:
+                        raise _not_found(access.metadata.url) from None  # deleted or swept meanwhile
+                else:
+                    async for chunk in self._content(access):
+                        await asyncio.to_thread(handle.write, chunk)
             finally:
                 await asyncio.to_thread(handle.close)
             await asyncio.to_thread(os.replace, tmp, target)
@@ -669,6 +735,29 @@ class FileService:
 
     async def _expire_one(self, entry: IndexEntry, now: float, report: ExpiryReport) -> None:
         key, ref = entry.key, entry.session
+        parsed: list[FileMetadata] = []
+        if self._fast()[2]:
+            def decide(document: bytes) -> float | None:
+                md = FileMetadata.from_stored(document)
+                parsed.append(md)
+                if md.key == key and md.session_ref == ref and md.expired(now):
+                    return md.expiration_timestamp
+                return None
+
+            try:
+                sweeper: Any = self.storage
+                document, deleted = await sweeper.expire_file(key, ref, entry.due, decide)
+            except ValueError:
+                parsed.clear()  # damaged metadata: the general path below reports and removes it
+            else:
+                if deleted:
+                    report.expired += 1
+                    report.bytes_freed += parsed[0].size
+                    return
+                if document is not None:
+                    # kept (extended, or a marker that does not match): the general path, without a re-read
+                    await self._expire_kept(entry, parsed[0], report)
+                    return
         found: Versioned | None = await self.storage.read_metadata_versioned(key)
         if found is None:
             if now < entry.due + EXPIRY_BUCKET_SECONDS + self.upload_grace_seconds:
@@ -687,18 +776,8 @@ class FileService:
             await self.storage.unindex(key, ref, entry.due)
             report.debris += 1
             return
-        if md.key != key or md.session_ref != ref:
-            # a marker that does not match the document behind its key (made by hand, or a damaged index):
-            # drop the marker; the file keeps its own markers
-            report.problems.append(f"marker {key}.{ref} does not match the metadata of {key}; the marker was dropped")
-            await self.storage.unindex(key, ref, entry.due)
-            if md.key == key:
-                await self.storage.index_expiry(key, md.session_ref, md.expiration_timestamp)
-            return
-        if not md.expired(now):
-            # extended: this marker is stale; make sure the current one exists, then drop this one
-            await self.storage.index_expiry(key, ref, md.expiration_timestamp, previous=entry.due)
-            report.kept += 1
+        if md.key != key or md.session_ref != ref or not md.expired(now):
+            await self._expire_kept(entry, md, report)
             return
         if not await self.storage.delete_metadata(key, expected_version=found.version):
             report.kept += 1  # changed meanwhile (an extend won): the next sweep looks again
@@ -709,6 +788,21 @@ class FileService:
             await self.storage.unindex(key, ref, entry.due)
         report.expired += 1
         report.bytes_freed += md.size
+
+    async def _expire_kept(self, entry: IndexEntry, md: FileMetadata, report: ExpiryReport) -> None:
+        """A marker whose file stays: one that does not match its key's metadata, or a file extended since."""
+        key, ref = entry.key, entry.session
+        if md.key != key or md.session_ref != ref:
+            # a marker that does not match the document behind its key (made by hand, or a damaged index):
+            # drop the marker; the file keeps its own markers
+            report.problems.append(f"marker {key}.{ref} does not match the metadata of {key}; the marker was dropped")
+            await self.storage.unindex(key, ref, entry.due)
+            if md.key == key:
+                await self.storage.index_expiry(key, md.session_ref, md.expiration_timestamp)
+            return
+        # extended: this marker is stale; make sure the current one exists, then drop this one
+        await self.storage.index_expiry(key, ref, md.expiration_timestamp, previous=entry.due)
+        report.kept += 1
 
     # --- Solace Agent Mesh's names --------------------------------------------------------------------
 
@@ -976,6 +1070,27 @@ async def _from_iterable(items: Iterable[bytes], *, threaded: bool) -> AsyncIter
 async def _from_async(items: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
     async for item in items:
         yield item
+
+
+async def _chain(head: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for piece in head:
+        yield piece
+    async for piece in rest:
+        yield piece
+
+
+def _is_regular(handle: Any) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISREG(os.fstat(handle.fileno()).st_mode)
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
+def _identity(info: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced or written: a copy taken between two equal ones is consistent."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 async def _read_file(handle: Any) -> AsyncIterator[bytes]:

@@ -527,3 +527,47 @@ async def test_a_sweep_with_a_limit_takes_that_many_and_the_next_takes_the_rest(
         with pytest.raises(ConfigurationError, match="limit"):
             await fs.expire(limit=bad)  # type: ignore[arg-type]
     assert env.leftovers() == []
+
+
+# --- the local store's fast paths ---------------------------------------------------------------------------
+
+
+async def test_kernel_copy_upload_and_download_are_identical_and_atomic(env: Env, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """For every store: upload_from_file/download_to_file give the same bytes and sha256 (local: the kernel
+    copies); a file that changes during its upload stores nothing; a download whose file vanished keeps the
+    old destination."""
+    import flowmas.files.service as service_module
+    from flowmas.errors import TransientFileStorageError
+
+    data = os.urandom(9 * MiB + 3)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    md = await env.service.upload_from_file(source, "s")
+    assert md["sha256"] == hashlib.sha256(data).hexdigest() and md["size"] == len(data)
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    assert (await env.service.download_to_file(md["url"], target, "s")).read_bytes() == data
+    small = await env.service.upload_from_buffer(b"tiny", "tiny.bin", "s")
+    assert (await env.service.download_to_file(small["url"], tmp_path / "tiny.bin", "s")).read_bytes() == b"tiny"
+    assert await env.service.download_to_buffer(with_params(small["url"], bytes="1-2"), "s") == b"in"
+    if env.backend.name == "local":
+        real, calls = service_module._identity, []
+
+        def moving(info: os.stat_result) -> tuple[int, ...]:
+            calls.append(1)
+            return (*real(info), len(calls))  # the file "changed" between the two looks
+
+        monkeypatch.setattr(service_module, "_identity", moving)
+        with pytest.raises(TransientFileStorageError, match="changed while it was being uploaded"):
+            await env.service.upload_from_file(source, "s", file_name="moving.bin")
+        monkeypatch.undo()
+        assert sorted(f["name"] for f in await env.service.list_files("s")) == ["big.bin", "tiny.bin"]
+    target.write_bytes(b"old")
+    access = await env.service._access(md["url"], "s", share_allowed=False)
+    await env.backend.manager.delete(md["url"][7:39])  # swept between the access check and the copy
+    monkeypatch.setattr(env.service, "_access", lambda *a, **k: asyncio.sleep(0, access))
+    with pytest.raises(FileServiceNotFoundError):
+        await env.service.download_to_file(md["url"], target, "s")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "big.bin", "out.bin", "store", "tiny.bin"] if env.backend.name == "local" else True

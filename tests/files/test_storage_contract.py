@@ -494,3 +494,236 @@ def test_s3_errors_are_sentences_without_credentials(s3_server: S3Server) -> Non
         await manager.close()
 
     asyncio.run(run())
+
+
+# --- optional fast paths (storage.base: StoresSmallFiles, CopiesLocalFiles, ExpiresInPlace) -----------------
+
+
+FAST_PATH_STORES = ["local"]
+"""The stores that implement the optional fast paths; the memory and S3 stores stream instead."""
+
+
+@pytest.fixture(params=FAST_PATH_STORES)
+async def fast_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    made = _local(tmp_path)
+    yield made
+    await made.manager.close()
+
+
+def _needs(backend: Backend, protocol: type) -> Any:
+    assert isinstance(backend.manager, protocol), f"{backend.name} should implement {protocol.__name__}"
+    return backend.manager
+
+
+def test_only_the_stores_listed_implement_the_fast_paths(tmp_path: Path) -> None:
+    from flowmas.files.storage.base import CopiesLocalFiles, ExpiresInPlace, StoresSmallFiles
+
+    stores = {"local": _local(tmp_path).manager, "memory": _memory().manager}
+    for name, manager in stores.items():
+        implemented = [isinstance(manager, p) for p in (StoresSmallFiles, CopiesLocalFiles, ExpiresInPlace)]
+        assert implemented == [name in FAST_PATH_STORES] * 3, name
+
+
+@pytest.mark.parametrize("size", [0, 1, 1024, 4096])
+async def test_a_small_file_in_one_step_round_trips_with_ranges_and_keeps_its_data_across_swaps(
+        fast_backend: Backend, size: int) -> None:
+    from flowmas.files.storage.base import StoresSmallFiles
+
+    manager = _needs(fast_backend, StoresSmallFiles)
+    assert size <= manager.small_file_bytes
+    data, key = os.urandom(size), new_key()
+    document = b'{"format":1,"v":1}'
+    await manager.write_small(key, data, document)
+    assert await read_all(manager, key) == data
+    assert await read_all(fast_backend.another(), key) == data
+    for start, end in [(0, 0), (5, 9), (1, None), (size - 1, None), (size // 2, size + 100), (size, None)]:
+        if start >= 0:
+            assert await read_all(manager, key, start=start, end=end) == data[start:(end + 1) if end is not None
+                                                                               else None], (start, end)
+    found = await manager.read_metadata_versioned(key)
+    assert found is not None and found.data == document  # the caller never sees the inlined data
+    assert await manager.write_metadata(key, b'{"format":1,"v":2}', expected_version=found.version) is True
+    assert await manager.read_metadata(key) == b'{"format":1,"v":2}'
+    assert await manager.write_metadata(key, b"{}") is True
+    assert await manager.read_metadata(key) == b"{}" and await read_all(manager, key) == data
+    if fast_backend.name == "local":
+        assert fast_backend.leftovers() == [f"meta/{key[:2]}/{key}.json"]  # one file: no data object of its own
+    assert await manager.delete(key) is True
+    with pytest.raises(FileServiceNotFoundError):
+        await read_all(manager, key)
+    assert await manager.read_metadata(key) is None and fast_backend.leftovers() == []
+
+
+async def test_write_small_of_a_larger_file_or_a_non_object_document_goes_the_usual_way(fast_backend: Backend) -> None:
+    from flowmas.files.storage.base import StoresSmallFiles
+
+    manager = _needs(fast_backend, StoresSmallFiles)
+    big, key = os.urandom(manager.small_file_bytes + 1), new_key()
+    await manager.write_small(key, big, b'{"a":1}')
+    assert await read_all(manager, key) == big and await manager.read_metadata(key) == b'{"a":1}'
+    other = new_key()
+    await manager.write_small(other, b"tiny", b"0")
+    assert await read_all(manager, other) == b"tiny" and await manager.read_metadata(other) == b"0"
+    await manager.delete(key)
+    await manager.delete(other)
+    assert fast_backend.leftovers() == []
+
+
+@pytest.mark.parametrize("size", [0, 10, 3 * MiB + 7, 20 * MiB + 1])
+async def test_kernel_copies_give_identical_bytes_and_hash_what_is_stored(
+        fast_backend: Backend, tmp_path: Path, size: int) -> None:
+    from flowmas.files.storage.base import CopiesLocalFiles
+
+    manager = _needs(fast_backend, CopiesLocalFiles)
+    data, key = os.urandom(size), new_key()
+    source = tmp_path / "source.bin"
+    source.write_bytes(data)
+    digest = hashlib.sha256()
+    pieces: list[int] = []
+
+    def consume(piece: bytes) -> None:
+        digest.update(piece)
+        pieces.append(len(piece))
+
+    with open(source, "rb") as handle:
+        assert await manager.write_from_file(key, handle.fileno(), consume=consume) == size
+    assert digest.digest() == hashlib.sha256(data).digest() and sum(pieces) == size
+    assert all(p <= MiB for p in pieces)
+    assert await read_all(manager, key) == data
+    target = tmp_path / "copy.bin"
+    with open(target, "xb") as out:
+        assert await manager.copy_to_file(key, out.fileno()) == size
+    assert target.read_bytes() == data
+    with open(tmp_path / "missing.bin", "xb") as out, pytest.raises(FileServiceNotFoundError):
+        await manager.copy_to_file(new_key(), out.fileno())
+
+
+async def test_copy_to_file_copies_a_small_file_stored_in_one_step(fast_backend: Backend, tmp_path: Path) -> None:
+    from flowmas.files.storage.base import CopiesLocalFiles, StoresSmallFiles
+
+    manager = _needs(fast_backend, CopiesLocalFiles)
+    _needs(fast_backend, StoresSmallFiles)
+    key = new_key()
+    await manager.write_small(key, b"hello", b'{"format":1}')
+    with open(tmp_path / "out", "xb") as out:
+        assert await manager.copy_to_file(key, out.fileno()) == 5
+    assert (tmp_path / "out").read_bytes() == b"hello"
+
+
+async def test_a_kernel_copy_past_max_bytes_or_refused_by_consume_or_cancelled_leaves_nothing(
+        fast_backend: Backend, tmp_path: Path) -> None:
+    from flowmas.files.storage.base import CopiesLocalFiles
+
+    manager = _needs(fast_backend, CopiesLocalFiles)
+    source = tmp_path / "source.bin"
+    source.write_bytes(os.urandom(20 * MiB))
+    with open(source, "rb") as handle:
+        with pytest.raises(FileTooLargeError):
+            await manager.write_from_file(new_key(), handle.fileno(), max_bytes=9 * MiB)
+        assert fast_backend.leftovers() == []
+
+        def refuse(piece: bytes) -> None:
+            raise FileTooLargeError("the session is full")
+
+        with pytest.raises(FileTooLargeError, match="session is full"):
+            await manager.write_from_file(new_key(), handle.fileno(), consume=refuse)
+        assert fast_backend.leftovers() == []
+        started = asyncio.Event()
+
+        def slow(piece: bytes) -> None:
+            started.set()
+            time.sleep(0.05)
+
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(manager.write_from_file(
+            new_key(), handle.fileno(), consume=lambda p: (loop.call_soon_threadsafe(started.set), slow(p))))
+        await asyncio.wait_for(started.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert fast_backend.leftovers() == []
+
+
+async def test_expire_file_deletes_or_keeps_under_the_lock_in_one_pass(fast_backend: Backend) -> None:
+    from flowmas.files.storage.base import ExpiresInPlace
+
+    manager = _needs(fast_backend, ExpiresInPlace)
+    session = session_ref("s")
+    gone, kept, damaged = new_key(), new_key(), new_key()
+    for key in (gone, kept, damaged):
+        await manager.index_expiry(key, session, NOW - 3600)
+        await manager.write(key, chunks_of(b"data"))
+        await manager.write_metadata(key, key.encode())
+    assert await manager.expire_file(new_key(), session, NOW - 3600, lambda doc: NOW) == (None, False)
+    assert await manager.expire_file(gone, session, NOW - 3600, lambda doc: NOW - 3600) == (gone.encode(), True)
+    assert await manager.read_metadata(gone) is None
+    with pytest.raises(FileServiceNotFoundError):
+        await read_all(manager, gone)
+    assert await manager.expire_file(kept, session, NOW - 3600, lambda doc: None) == (kept.encode(), False)
+
+    def broken(doc: bytes) -> float:
+        raise ValueError("damaged")
+
+    with pytest.raises(ValueError):
+        await manager.expire_file(damaged, session, NOW - 3600, broken)
+    assert await manager.read_metadata(kept) == kept.encode() and await manager.read_metadata(damaged) is not None
+    assert sorted(await expired_keys(manager, NOW)) == sorted([kept, damaged])  # gone's marker went with it
+    assert sorted([k async for k in manager.session_keys(session)]) == sorted([kept, damaged])
+    for key in (kept, damaged):
+        await manager.delete(key)
+        await manager.unindex(key, session, NOW - 3600)
+    assert fast_backend.leftovers() == []
+
+
+async def test_local_markers_are_links_of_one_empty_file_rotated_when_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import flowmas.files.storage.local as local
+
+    root = tmp_path / "store"
+    manager = LocalStorageManager(root)
+    session = session_ref("s")
+    keys = [new_key() for _ in range(3)]
+    for key in keys:
+        await manager.index_expiry(key, session, NOW)
+    source = root / "locks" / "marker"
+    assert source.stat().st_size == 0 and source.stat().st_nlink == 1 + 2 * len(keys)
+    first = source.stat().st_ino
+    real_link, calls = os.link, []
+
+    def full_once(src: Any, dst: Any, **kwargs: Any) -> None:
+        calls.append(dst)
+        if len(calls) == 1:
+            raise OSError(errno.EMLINK, "Too many links")
+        real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(local.os, "link", full_once)
+    fourth = new_key()
+    await manager.index_expiry(fourth, session, NOW)
+    assert source.stat().st_ino != first and source.stat().st_nlink == 3  # a fresh source, two new markers
+    assert fourth in [k async for k in manager.session_keys(session)]
+
+    def refused(src: Any, dst: Any, **kwargs: Any) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(local.os, "link", refused)
+    fifth = new_key()
+    await manager.index_expiry(fifth, session, NOW)  # no hard links here: empty files of their own
+    marker = root / "sessions" / session / fifth
+    assert marker.stat().st_nlink == 1 and marker.stat().st_size == 0
+    assert sorted(await expired_keys(manager, NOW + 3 * EXPIRY_BUCKET_SECONDS)) == sorted([*keys, fourth, fifth])
+
+
+async def test_local_sweep_prunes_emptied_session_directories_once_per_bucket(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    manager = LocalStorageManager(root)
+    session = session_ref("s")
+    keys = [new_key() for _ in range(3)]
+    for key in keys:
+        await manager.index_expiry(key, session, NOW - 3600)
+        await manager.write_metadata(key, b"{}")
+    async for entry in manager.expired(NOW):
+        assert await manager.expire_file(entry.key, entry.session, entry.due, lambda doc: NOW - 3600) == (b"{}", True)
+        assert (root / "sessions" / session).is_dir() or entry.key == keys[-1]
+    assert not (root / "sessions" / session).exists() and not (root / "expiry" / bucket_of(NOW - 3600)).exists()

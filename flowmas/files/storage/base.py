@@ -27,7 +27,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -196,6 +196,60 @@ class StorageManager(Protocol):
 
     async def close(self) -> None:
         """Release connections and threads; the manager is not used afterwards."""
+        ...
+
+
+# --- optional fast paths --------------------------------------------------------------------------------
+#
+# A manager may also implement any of these; the service uses one when ``isinstance(manager, <protocol>)``
+# holds and keeps the streaming path otherwise (the memory and S3 managers implement none). Each keeps every
+# guarantee above: they only do the same work in fewer steps.
+
+
+@runtime_checkable
+class StoresSmallFiles(Protocol):
+    """Small files in one step (local: the data inlined in the metadata document: one file, one inode)."""
+
+    small_file_bytes: int
+    """The largest file ``write_small`` is for; the service sends bigger ones through ``write``."""
+
+    async def write_small(self, key: str, data: bytes, metadata: bytes) -> None:
+        """Store the data and commit its metadata at once, atomically: ``read`` (ranges included) and
+        ``delete`` behave as after ``write`` + ``write_metadata``, the data is never visible without its
+        metadata, and ``write_metadata`` of a new version keeps the data. The index markers come first, as
+        for every upload."""
+        ...
+
+
+@runtime_checkable
+class CopiesLocalFiles(Protocol):
+    """Kernel copies between a local file and the store (local: ``copy_file_range``)."""
+
+    async def write_from_file(self, key: str, fd: int, *, max_bytes: int | None = None,
+                              consume: Callable[[bytes], None] | None = None) -> int:
+        """``write`` from the open file ``fd`` (read from offset 0; the caller checks that it did not change).
+        ``consume`` gets every byte in order *as stored* (read back from the object being written), in
+        pieces of at most ``DEFAULT_CHUNK_SIZE``, in a thread; its exception aborts the write (leaving
+        nothing), so a hash it computes is the stored object's."""
+        ...
+
+    async def copy_to_file(self, key: str, fd: int) -> int:
+        """Append the whole data object to the open file ``fd``; the bytes copied. ``FileServiceNotFoundError``
+        when there is none. The caller makes the destination atomic (temporary file, then a rename)."""
+        ...
+
+
+@runtime_checkable
+class ExpiresInPlace(Protocol):
+    """The sweep's step for one expiry marker in one locked pass."""
+
+    async def expire_file(self, key: str, session: str, due: float,
+                          decide: Callable[[bytes], float | None]) -> tuple[bytes | None, bool]:
+        """Under the lock of ``key``'s metadata compare-and-swaps: read the metadata (``(None, False)`` when
+        there is none) and call ``decide(document)``: a float (the file's expiry) deletes the file now —
+        metadata, data, its expiry markers at that instant and at ``due``, its session marker — and returns
+        ``(document, True)``; None keeps it: ``(document, False)``. An exception of ``decide`` propagates and
+        changes nothing. ``decide`` runs under the lock: quick, and never calling the store."""
         ...
 
 

@@ -3,10 +3,12 @@
     <root>/
     ├── secret                          32 random bytes (0600), created once: the share-URL secret of the store
     ├── objects/<k[:2]>/<k>             data objects; 256 fan-out directories (100k files: ~400 per directory)
-    ├── meta/<k[:2]>/<k>.json           metadata documents (JSON written by the service)
+    ├── meta/<k[:2]>/<k>.json           metadata documents (JSON written by the service); a small file's
+    │                                   data is inlined in it (``{"~data":"<base64>",...``): no object then
     ├── expiry/<YYYYMMDDHHMM>/<k>.<ref> empty markers: the expiry index, one directory per UTC minute
     ├── sessions/<ref>/<k>              empty markers: the session index, one directory per session ref
     ├── locks/<k[:2]>                   256 flock stripes: metadata compare-and-swaps of every process
+    ├── locks/marker                    the empty file every marker is a hard link of (rotated when full)
     └── tmp/<k>.<random>.part           writes in flight, os.replace'd into objects/ or meta/ when complete
 
 ``<k>`` is a storage key and ``<ref>`` a session ref (both 32 hex, see ``base``): the only names the store
@@ -20,6 +22,14 @@ metadata is the commit. Whatever a killed process leaves in ``tmp/`` is removed 
 after it (survives a power cut, ~ms per file); without it a process crash still never exposes a torn file,
 which is what a store of short-lived files needs, at the speed of ``cp``. The secret is always fsynced.
 
+Creating an inode is what a small upload pays for on a local filesystem (~40-200 µs on a busy VM, against
+~5 µs for a link or a rename), so a small upload makes one: markers are hard links of ``locks/marker`` (no
+inode of their own; a filesystem without hard links gets empty files), and a file of at most
+``small_file_bytes`` is stored by ``write_small`` as its metadata document with the data inlined, published
+by one ``os.replace``: the data is committed with its metadata, so nothing reads it without metadata. Large
+copies between a local file and the store run in the kernel (``copy_file_range``; ``write_from_file``,
+``copy_to_file``), the bytes of an upload read back from the store's own temporary file for the hash.
+
 Small operations (metadata, markers: a few syscalls on a local filesystem) run on the event loop, since a
 thread hop would cost more than they do; bulk data moves in a thread, one chunk ahead of the caller. For a
 volume on a network filesystem, set ``threaded=True`` to run every operation in a thread.
@@ -28,18 +38,22 @@ volume on a network filesystem, set ``threaded=True`` to run every operation in 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import errno
 import fcntl
 import hashlib
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flowmas.errors import FileServiceNotFoundError, FileStorageError, FileTooLargeError
+from flowmas.errors import FileServiceNotFoundError, FileStorageError, FileTooLargeError, TransientFileStorageError
 from flowmas.files.storage.base import (
     BUCKET_RE,
     DEFAULT_CHUNK_SIZE,
@@ -62,6 +76,12 @@ T = TypeVar("T")
 INLINE_BYTES = 64 * 1024
 """Chunks up to this size are written and read on the loop: a page-cache copy that costs less than a hop."""
 
+SMALL_FILE_BYTES = 4096
+"""Files up to this size are inlined in their metadata document by ``write_small`` (one file, one inode)."""
+COPY_STEP = 8 * 2**20
+"""Bytes per ``copy_file_range`` call of a kernel copy; the hash of a step runs while the next is copied."""
+
+_INLINE_PREFIX = b'{"~data":"'
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 _DIRS = ("objects", "meta", "expiry", "sessions", "locks", "tmp")
 
@@ -76,39 +96,58 @@ def _pool() -> ThreadPoolExecutor:
     return _io_pool
 
 
+_feed_io_pool: ThreadPoolExecutor | None = None
+
+
+def _feed_pool() -> ThreadPoolExecutor:
+    """The hashing side of kernel copies: its own pool, so a copy waiting for its hash never waits for a
+    thread of ``_pool()`` held by another copy."""
+    global _feed_io_pool
+    if _feed_io_pool is None:
+        _feed_io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="flowmas-files-hash")
+    return _feed_io_pool
+
+
 class LocalStorageManager:
     """A file store in ``root`` (created on first use). Thread-safe and safe for many processes sharing it."""
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False, threaded: bool = False,
                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         self.root = Path(root).expanduser()
+        self._base = os.fspath(self.root)
         self.fsync = fsync
         self.threaded = threaded
         self.chunk_size = max(4096, int(chunk_size))
         self.stats: dict[str, int] = {"index_buckets_read": 0, "index_markers_read": 0}
         """Counters a test or a benchmark reads: what the sweep's index reads cost."""
+        self.small_file_bytes = SMALL_FILE_BYTES
+        """What ``write_small`` inlines; the service sends a file this small through it."""
         self._ready = False
         self._secret: bytes | None = None
+        self._links = True
+        """False once the filesystem refused a hard link: markers are then empty files of their own."""
 
     def __repr__(self) -> str:
         return f"LocalStorageManager({str(self.root)!r})"
 
     # --- layout -----------------------------------------------------------------------------------------
 
-    def _object(self, key: str) -> Path:
-        return self.root / "objects" / key[:2] / key
+    # plain strings, not ``Path``s: a small upload builds a dozen paths, and pathlib's joins cost more than
+    # the syscalls they feed
+    def _object(self, key: str) -> str:
+        return f"{self._base}/objects/{key[:2]}/{key}"
 
-    def _meta(self, key: str) -> Path:
-        return self.root / "meta" / key[:2] / f"{key}.json"
+    def _meta(self, key: str) -> str:
+        return f"{self._base}/meta/{key[:2]}/{key}.json"
 
-    def _expiry_marker(self, key: str, session: str, expires_at: float) -> Path:
-        return self.root / "expiry" / bucket_of(expires_at) / marker_name(key, session)
+    def _expiry_marker(self, key: str, session: str, expires_at: float) -> str:
+        return f"{self._base}/expiry/{bucket_of(expires_at)}/{marker_name(key, session)}"
 
-    def _session_marker(self, key: str, session: str) -> Path:
-        return self.root / "sessions" / session / key
+    def _session_marker(self, key: str, session: str) -> str:
+        return f"{self._base}/sessions/{session}/{key}"
 
-    def _tmp(self, key: str) -> Path:
-        return self.root / "tmp" / f"{key}.{secrets.token_hex(6)}.part"
+    def _tmp(self, key: str) -> str:
+        return f"{self._base}/tmp/{key}.{secrets.token_hex(6)}.part"
 
     def _ensure(self) -> None:
         if self._ready:
@@ -194,7 +233,7 @@ class LocalStorageManager:
         except OSError as exc:
             raise self._error(doing, exc) from None
 
-    def _publish(self, fd: int, tmp: Path, final: Path) -> None:
+    def _publish(self, fd: int, tmp: str, final: str) -> None:
         try:
             if self.fsync:
                 os.fsync(fd)
@@ -202,7 +241,7 @@ class LocalStorageManager:
             os.close(fd)
         _replace(tmp, final)
         if self.fsync:
-            _fsync_dir(final.parent)
+            _fsync_dir(os.path.dirname(final))
 
     async def read(self, key: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         check_key(key)
@@ -211,9 +250,17 @@ class LocalStorageManager:
         try:
             fd = os.open(self._object(key), os.O_RDONLY | _NOFOLLOW)
         except (FileNotFoundError, NotADirectoryError):
-            raise FileServiceNotFoundError("The store has no data object for this key.") from None
+            fd = -1
         except OSError as exc:
             raise self._error("open a file", exc) from None
+        if fd < 0:  # no object: a small file inlined in its metadata, or nothing
+            inline = await self._call("read a file", self._inline_data, key)
+            if inline is None:
+                raise FileServiceNotFoundError("The store has no data object for this key.")
+            stop_at = len(inline) if end is None else min(end + 1, len(inline))
+            if start < stop_at:
+                yield inline[start:stop_at]
+            return
         ahead: Future[bytes] | None = None
         try:
             size = os.fstat(fd).st_size
@@ -252,6 +299,146 @@ class LocalStorageManager:
             had_meta = _unlink(self._meta(key))
         return _unlink(self._object(key)) or had_meta
 
+    def _inline_data(self, key: str) -> bytes | None:
+        raw = _read_raw(self._meta(key))
+        return None if raw is None else _split(raw)[1]
+
+    # --- fast paths the service uses when a manager has them (see ``base``) ------------------------------
+
+    async def write_small(self, key: str, data: bytes, metadata: bytes) -> None:
+        """Store a file of at most ``small_file_bytes`` and commit its metadata in one step: the metadata
+        document with the data inlined, published by one ``os.replace`` (the data becomes visible with its
+        metadata, never before). A larger file or a document that is not a JSON object goes the usual way."""
+        check_key(key)
+        data, metadata = bytes(data), bytes(metadata)
+        if len(data) > self.small_file_bytes or not metadata.startswith(b"{") \
+                or metadata.startswith(_INLINE_PREFIX):
+            async def one() -> AsyncIterator[bytes]:
+                yield data
+
+            await self.write(key, one())
+            await self.write_metadata(key, metadata)
+            return
+        await self._call("create the store", self._ensure)
+        await self._call("write a file", self._write_small, key, self._meta(key), _join(metadata, data))
+
+    async def copy_to_file(self, key: str, fd: int) -> int:
+        """Copy the data object into the open file ``fd`` (at its offset) in the kernel; returns the bytes
+        copied. ``FileServiceNotFoundError`` when there is no such object."""
+        check_key(key)
+        job = _pool().submit(self._copy_out, key, fd)
+        try:
+            return await asyncio.wrap_future(job)
+        except FileServiceNotFoundError:
+            raise  # an OSError (FileNotFoundError) that is already the answer
+        except OSError as exc:
+            raise self._error("copy a file", exc) from None
+
+    def _copy_out(self, key: str, out: int) -> int:
+        try:
+            src = os.open(self._object(key), os.O_RDONLY | _NOFOLLOW)
+        except (FileNotFoundError, NotADirectoryError):
+            inline = self._inline_data(key)
+            if inline is None:
+                raise FileServiceNotFoundError("The store has no data object for this key.") from None
+            _write_all(out, inline)
+            return len(inline)
+        try:
+            size = os.fstat(src).st_size
+            copied = 0
+            while copied < size:
+                done = _kernel_copy(src, out, min(COPY_STEP, size - copied), copied)
+                if done == 0:
+                    break  # cannot shrink (published objects are immutable), but never loop
+                copied += done
+            return copied
+        finally:
+            os.close(src)
+
+    async def write_from_file(self, key: str, fd: int, *, max_bytes: int | None = None,
+                              consume: Callable[[bytes], None] | None = None) -> int:
+        """Store the data object ``key`` from the open local file ``fd`` (from its start), copied in the kernel
+        into a temporary file that is published atomically; returns its size. ``consume`` (run in a thread,
+        in order) gets every byte *as stored*, read back from the temporary file while the next step is
+        copied: a hash of them is the hash of the stored object. An exception from it, ``max_bytes`` passed
+        or a cancellation leaves nothing, as ``write``."""
+        check_key(key)
+        await self._call("create the store", self._ensure)
+        tmp = self._tmp(key)
+        stop = threading.Event()
+        job = _pool().submit(self._copy_in, fd, tmp, self._object(key), max_bytes, consume, stop)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(job))
+        except asyncio.CancelledError:
+            stop.set()  # the copy stops at its next step and removes its file
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(asyncio.wrap_future(job))
+            wait_futures([job])  # a second cancellation: still done (briefly blocking) before the task is
+            raise
+        except OSError as exc:
+            raise self._error("write a file", exc) from None
+
+    def _copy_in(self, src: int, tmp: str, final: str, max_bytes: int | None,
+                 consume: Callable[[bytes], None] | None, stop: threading.Event) -> int:
+        out = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+        pending: Future[None] | None = None
+        try:
+            size = 0
+            while True:
+                if stop.is_set():
+                    raise asyncio.CancelledError()
+                step = COPY_STEP if max_bytes is None else min(COPY_STEP, max_bytes + 1 - size)
+                done = _kernel_copy(src, out, max(step, 1), size)
+                if done == 0:
+                    break
+                if max_bytes is not None and size + done > max_bytes:
+                    raise FileTooLargeError(too_large_message(max_bytes))
+                if pending is not None:
+                    pending.result()  # in order, one step behind the copy
+                    pending = None
+                if consume is not None:
+                    pending = _feed_pool().submit(_feed, out, size, done, consume)
+                size += done
+            if pending is not None:
+                job, pending = pending, None
+                job.result()
+            self._publish(out, tmp, final)
+            out = -1
+            return size
+        except BaseException:
+            _discard(out, tmp, pending)
+            raise
+
+    async def expire_file(self, key: str, session: str, due: float,
+                          decide: Callable[[bytes], float | None]) -> tuple[bytes | None, bool]:
+        """The sweep's step for one marker, under the key's lock: read the metadata once (``(None, False)``
+        when there is none); ``decide(document)`` returns the file's expiry to delete it now, or None to keep
+        it (an exception from it propagates). Deleting removes the metadata, the data, the file's expiry
+        markers (at its expiry and at ``due``) and its session marker: one read, one lock, one unlink each.
+        ``decide`` runs under the lock: it must be quick and must not call the store."""
+        check_key(key)
+        check_key(session, "session ref")
+        return await self._call("expire a file", self._expire_file, key, session, due, decide)
+
+    def _expire_file(self, key: str, session: str, due: float,
+                     decide: Callable[[bytes], float | None]) -> tuple[bytes | None, bool]:
+        path = self._meta(key)
+        with self._stripe(key):
+            raw = _read_raw(path)
+            if raw is None:
+                return None, False
+            document = _split(raw)[0]
+            expires_at = decide(document)
+            if expires_at is None:
+                return document, False
+            _unlink(path)
+        _unlink(self._object(key))
+        _unlink(self._expiry_marker(key, session, expires_at))
+        if bucket_of(due) != bucket_of(expires_at):
+            _unlink(self._expiry_marker(key, session, due))
+        _unlink(self._session_marker(key, session))  # its directory goes when the sweep ends the bucket
+        return document, True
+
     # --- metadata -----------------------------------------------------------------------------------------
 
     async def write_metadata(self, key: str, data: bytes, *, expected_version: str | None = None) -> bool:
@@ -260,18 +447,22 @@ class LocalStorageManager:
         return await self._call("write metadata", self._write_metadata, key, bytes(data), expected_version)
 
     def _write_metadata(self, key: str, data: bytes, expected: str | None) -> bool:
+        if data.startswith(_INLINE_PREFIX):
+            raise FileStorageError('A metadata document may not begin with {"~data": (the local store inlines '
+                                   "small files' data under that key).")
         final = self._meta(key)
         if expected is None:
-            self._write_small(key, final, data)
+            raw = _read_raw(final)  # a small file's inlined data stays with its new document
+            self._write_small(key, final, _join(data, _split(raw)[1]) if raw is not None else data)
             return True
         with self._stripe(key):
-            current = _read_versioned(final)
-            if current is None or current.version != expected:
+            raw = _read_raw(final)
+            if raw is None or _version(raw) != expected:
                 return False
-            self._write_small(key, final, data)
+            self._write_small(key, final, _join(data, _split(raw)[1]))
             return True
 
-    def _write_small(self, key: str, final: Path, data: bytes) -> None:
+    def _write_small(self, key: str, final: str, data: bytes) -> None:
         tmp = self._tmp(key)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
         try:
@@ -286,7 +477,7 @@ class LocalStorageManager:
             _unlink(tmp)
             raise
         if self.fsync:
-            _fsync_dir(final.parent)
+            _fsync_dir(os.path.dirname(final))
 
     async def read_metadata(self, key: str) -> bytes | None:
         found = await self.read_metadata_versioned(key)
@@ -304,8 +495,8 @@ class LocalStorageManager:
         path = self._meta(key)
         with self._stripe(key):
             if expected is not None:
-                current = _read_versioned(path)
-                if current is None or current.version != expected:
+                raw = _read_raw(path)
+                if raw is None or _version(raw) != expected:
                     return False
             return _unlink(path)
 
@@ -313,7 +504,7 @@ class LocalStorageManager:
     def _stripe(self, key: str) -> Iterator[None]:
         """Hold the flock stripe of ``key``: metadata compare-and-swaps of every thread and process serialise."""
         self._ensure()
-        fd = os.open(self.root / "locks" / key[:2], os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+        fd = os.open(f"{self._base}/locks/{key[:2]}", os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -329,10 +520,44 @@ class LocalStorageManager:
         await self._call("index a file", self._index, key, session, expires_at, previous)
 
     def _index(self, key: str, session: str, expires_at: float, previous: float | None) -> None:
-        _touch(self._expiry_marker(key, session, expires_at))
-        _touch(self._session_marker(key, session))
+        self._mark(self._expiry_marker(key, session, expires_at))
+        self._mark(self._session_marker(key, session))
         if previous is not None and bucket_of(previous) != bucket_of(expires_at):
             _unlink(self._expiry_marker(key, session, previous))
+
+    def _mark(self, path: str) -> None:
+        """Make the marker ``path``: a hard link of ``locks/marker`` (no inode of its own), else an empty file."""
+        source = f"{self._base}/locks/marker"
+        for _ in range(6 if self._links else 0):
+            try:
+                os.link(source, path, follow_symlinks=False)
+                return
+            except FileExistsError:
+                return  # idempotent
+            except FileNotFoundError:
+                parent = os.path.dirname(path)
+                if not os.path.isdir(parent):
+                    with contextlib.suppress(FileExistsError):
+                        os.makedirs(parent, exist_ok=True)  # a sweep may rmdir an emptied one
+                else:
+                    self._new_marker_source(source)
+            except OSError as exc:
+                if exc.errno == errno.EMLINK:
+                    self._new_marker_source(source)  # the link count is full: a fresh empty file
+                elif exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS):
+                    self._links = False  # no hard links on this filesystem
+                else:
+                    raise
+        _touch(path)
+
+    def _new_marker_source(self, source: str) -> None:
+        tmp = self._tmp("0" * 32)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600))
+        try:
+            os.replace(tmp, source)  # several processes may rotate at once: the last one wins, all are fine
+        except BaseException:
+            _unlink(tmp)
+            raise
 
     async def unindex(self, key: str, session: str, expires_at: float) -> None:
         check_key(key)
@@ -344,7 +569,7 @@ class LocalStorageManager:
         marker = self._session_marker(key, session)
         if _unlink(marker):
             with contextlib.suppress(OSError):
-                marker.parent.rmdir()  # the session's last file: an empty directory (a writer re-creates it)
+                os.rmdir(os.path.dirname(marker))  # the session's last file: an empty directory (re-made on use)
 
     async def expired(self, now: float, *, limit: int | None = None) -> AsyncIterator[IndexEntry]:
         expiry = self.root / "expiry"
@@ -363,6 +588,7 @@ class LocalStorageManager:
             self.stats["index_buckets_read"] += 1
             self.stats["index_markers_read"] += len(markers)
             start = bucket_start(bucket)
+            sessions: set[str] = set()
             for name in markers:
                 parsed = parse_marker(name)
                 if parsed is None:
@@ -371,12 +597,22 @@ class LocalStorageManager:
                         f"expiry/{bucket}/{_shown(name)} is not a marker of the expiry index; "
                         + ("it was removed" if removed else "it is a directory and was left in place")))
                     continue
+                sessions.add(parsed[1])
                 yield IndexEntry(parsed[0], parsed[1], start, bucket)
                 yielded += 1
                 if limit is not None and yielded >= limit:
+                    await self._call("prune the session index", self._prune_sessions, sessions)
                     return
+            await self._call("prune the session index", self._prune_sessions, sessions)
             with contextlib.suppress(OSError):
                 directory.rmdir()  # every marker handled; a marker added meanwhile keeps it (ENOTEMPTY)
+
+    def _prune_sessions(self, sessions: set[str]) -> None:
+        """Remove the session directories a bucket's files emptied (``expire_file`` leaves them): once per
+        session and bucket, not once per file; a directory still holding markers stays (ENOTEMPTY)."""
+        for session in sessions:
+            with contextlib.suppress(OSError):
+                (self.root / "sessions" / session).rmdir()
 
     async def session_keys(self, session: str) -> AsyncIterator[str]:
         check_key(session, "session ref")
@@ -446,17 +682,17 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def _replace(tmp: Path, final: Path) -> None:
+def _replace(tmp: str, final: str) -> None:
     try:
         os.replace(tmp, final)
     except FileNotFoundError:
-        if not tmp.exists():
+        if not os.path.exists(tmp):
             raise
-        final.parent.mkdir(parents=True, exist_ok=True)  # a fan-out directory made on first use
+        os.makedirs(os.path.dirname(final), exist_ok=True)  # a fan-out directory made on first use
         os.replace(tmp, final)
 
 
-def _discard(fd: int, tmp: Path, pending: Future[None] | None) -> None:
+def _discard(fd: int, tmp: str, pending: Future[None] | None) -> None:
     """Undo a failed write: wait for the chunk in flight, close, remove the temporary file."""
     if pending is not None:
         with contextlib.suppress(BaseException):
@@ -477,7 +713,8 @@ async def _settle(job: Future[None]) -> None:
         raise
 
 
-def _read_versioned(path: Path) -> Versioned | None:
+def _read_raw(path: str) -> bytes | None:
+    """A metadata file as stored (inlined data included), or None."""
     try:
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     except (FileNotFoundError, NotADirectoryError):
@@ -488,22 +725,82 @@ def _read_versioned(path: Path) -> Versioned | None:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
-    return Versioned(data, hashlib.blake2b(data, digest_size=16).hexdigest())
+    return b"".join(chunks)
 
 
-def _touch(path: Path) -> None:
+def _version(raw: bytes) -> str:
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def _read_versioned(path: str) -> Versioned | None:
+    raw = _read_raw(path)
+    if raw is None:
+        return None
+    return Versioned(_split(raw)[0], _version(raw))
+
+
+def _join(document: bytes, data: bytes | None) -> bytes:
+    """A metadata document (a JSON object) with ``data`` inlined as its first member ``"~data"`` (base64)."""
+    if data is None:
+        return document
+    body = document[1:]
+    separator = b"" if body.lstrip().startswith(b"}") else b","
+    return _INLINE_PREFIX + base64.b64encode(data) + b'"' + separator + body
+
+
+def _split(raw: bytes) -> tuple[bytes, bytes | None]:
+    """``(document, inlined data or None)`` of a stored metadata file (``_join`` undone)."""
+    if not raw.startswith(_INLINE_PREFIX):
+        return raw, None
+    end = raw.find(b'"', len(_INLINE_PREFIX))
+    try:
+        data = base64.b64decode(raw[len(_INLINE_PREFIX):end], validate=True)
+    except (binascii.Error, ValueError):
+        return raw, None  # damaged: the document is returned as it is and fails its parse
+    body = raw[end + 1:]
+    return b"{" + (body[1:] if body.startswith(b",") else body), data
+
+
+def _kernel_copy(src: int, out: int, count: int, offset: int) -> int:
+    """Copy up to ``count`` bytes from ``src`` at ``offset`` to ``out`` at ``offset``, in the kernel when it
+    can (``copy_file_range``, then ``sendfile``), else through a buffer; the bytes copied (0 at the end)."""
+    try:
+        return os.copy_file_range(src, out, count, offset, offset)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+    data = os.pread(src, count, offset)
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(out, view, offset + len(data) - len(view))
+        view = view[written:]
+    return len(data)
+
+
+def _feed(fd: int, start: int, count: int, consume: Callable[[bytes], None]) -> None:
+    """Read ``count`` bytes at ``start`` of ``fd`` (the store's own temporary file) and pass them to ``consume``
+    in pieces of ``DEFAULT_CHUNK_SIZE``."""
+    position, stop = start, start + count
+    while position < stop:
+        piece = os.pread(fd, min(DEFAULT_CHUNK_SIZE, stop - position), position)
+        if not piece:
+            raise TransientFileStorageError("A file being stored was truncated underneath the store.")
+        consume(piece)
+        position += len(piece)
+
+
+def _touch(path: str) -> None:
     for _ in range(5):
         try:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o600))
             return
         except FileNotFoundError:
             with contextlib.suppress(FileExistsError):
-                path.parent.mkdir(parents=True, exist_ok=True)  # a sweep may rmdir an emptied one meanwhile
+                os.makedirs(os.path.dirname(path), exist_ok=True)  # a sweep may rmdir an emptied one meanwhile
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | _NOFOLLOW, 0o600))
 
 
-def _unlink(path: Path) -> bool:
+def _unlink(path: str | Path) -> bool:
     try:
         os.unlink(path)
         return True
@@ -533,7 +830,7 @@ def _remove_stray(path: Path) -> bool:
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: str | Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
