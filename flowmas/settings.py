@@ -93,6 +93,11 @@ class FlowmasSettings(BaseSettings):
     """Part size of S3 multipart uploads (5 MiB to 5 GiB)."""
     graph_retention_seconds: float = _seconds(7 * DAY, most=3650 * DAY, least=59.999)
     """How long ``cleanup-cache`` keeps a finished graph run's cache namespace and snapshots (default 7 days)."""
+    assistant_model: str | None = Field(default=None, min_length=1, max_length=300)
+    """The saved model block (``<slug>/<name>`` or ``<name>``, e.g. ``openai-model/prod``) the built-in Assistant
+    agent answers ``Ask`` with; unset, the Assistant has no ``Ask`` action."""
+    assistant_max_iterations: int = Field(default=8, ge=1, le=100)
+    """Most model turns one ``Ask`` may take (each may call several actions)."""
 
     def __init__(self, **values: Any) -> None:
         try:

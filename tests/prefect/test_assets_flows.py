@@ -410,7 +410,8 @@ def test_a_saved_flowmas_assets_block_configures_the_flows(
     tmp_path: Path, http_server: FileServer, client: SyncPrefectClient
 ) -> None:
     assert register_blocks() == ["flowmas-assets", "local-file-storage", "s3-file-storage", "memory-file-storage",
-                                 "redis-cache", "embedded-cache"]
+                                 "redis-cache", "embedded-cache", "anthropic-model", "openai-model",
+                                 "bedrock-model", "vertex-model"]
     assert client.read_block_type_by_slug("flowmas-assets").name == "Flowmas Assets"
     http_server.add(PATH, DATA)
     project = write_project(tmp_path / "proj", [http_asset(http_server)])
