@@ -99,7 +99,6 @@ import argparse
 import atexit
 import contextlib
 import json
-import math
 import os
 import platform
 import re
@@ -118,6 +117,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from benchkit import Row, median, percentile, print_table, ratio
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -405,20 +405,6 @@ def base_env(*, repo: bool) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
-def median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def check_add(url: str) -> str | None:
@@ -1049,16 +1035,6 @@ def deployment_worker(spec: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------ summary
 
 
-@dataclass
-class Row:
-    measure: str
-    flowmas: str
-    baseline: str
-    ratio: str
-    target: str
-    met: str
-
-
 def _fmt_s(value: float | int | None) -> str:
     return "n/a" if value is None else f"{value:.3f} s"
 
@@ -1152,17 +1128,6 @@ def _deployment_rows(rows: list[Row], bench: Bench, dep: DeploymentResult) -> No
                 else "run_deployment: no successful call")
     rows.append(Row(f"deployment-backed action round trip p50 ({bench.args.calls} calls)", flowmas, baseline,
                     _fmt_ratio(r), "<= 0.2x", _met(None if r is None else r <= 0.2)))
-
-
-def print_table(rows: Sequence[Row]) -> None:
-    headers = Row("measure", "flowmas", "baseline", "ratio", "target", "met")
-    table = [headers, *rows]
-    widths = [max(len(getattr(r, f)) for r in table) for f in Row.__annotations__]
-    for index, row in enumerate(table):
-        cells = (getattr(row, f).ljust(w) for f, w in zip(Row.__annotations__, widths, strict=True))
-        print("  ".join(cells).rstrip())
-        if index == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def print_raw(throughput: ThroughputResult | None, info: dict[str, InfoResult | str] | None,

@@ -64,11 +64,9 @@ import asyncio
 import hashlib
 import importlib
 import json
-import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +80,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from benchkit import Row, median, percentile, print_table, ratio  # noqa: E402
 
 from flowmas.assets.manager import AssetManager  # noqa: E402 - after the sys.path line above
 from flowmas.settings import FlowmasSettings, project_from_dict  # noqa: E402
@@ -333,20 +333,6 @@ def timed_command(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[b
     started = time.perf_counter()
     completed = subprocess.run(argv, capture_output=True, check=False)
     return time.perf_counter() - started, completed
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
-def median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 # ----------------------------------------------------------------------------------------------- measures
@@ -720,16 +706,6 @@ def ensure_openmas(venv: Path) -> tuple[Path | None, str | None]:
 # ------------------------------------------------------------------------------------------------ summary
 
 
-@dataclass
-class Row:
-    measure: str
-    flowmas: str
-    baseline: str
-    ratio: str
-    target: str
-    met: str
-
-
 def _fmt_s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f} s"
 
@@ -825,17 +801,6 @@ def _resume_rows(rows: list[Row], resume: dict[str, ResumeResult]) -> None:
         rows.append(Row(label, f"{value:.3f}{failed}", f"OpenMAS {baseline:.3f}" if baseline is not None
                         else "OpenMAS: n/a", _fmt_ratio(ratio(value, baseline)), f"<= {limit}",
                         _met(fr.ok and value <= limit)))
-
-
-def print_table(rows: Sequence[Row]) -> None:
-    headers = Row("measure", "flowmas", "baseline", "ratio", "target", "met")
-    table = [headers, *rows]
-    widths = [max(len(getattr(r, f)) for r in table) for f in Row.__annotations__]
-    for index, row in enumerate(table):
-        cells = (getattr(row, f).ljust(w) for f, w in zip(Row.__annotations__, widths, strict=True))
-        print("  ".join(cells).rstrip())
-        if index == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 # --------------------------------------------------------------------------------------------------- main

@@ -86,14 +86,12 @@ import argparse
 import asyncio
 import hashlib
 import json
-import math
 import os
 import platform
 import random
 import resource
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,6 +101,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchkit import Row, median, percentile, print_table, ratio
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -143,20 +143,6 @@ def rss_now_kib() -> int:
 def peak_rss_kib() -> int:
     """The process's peak resident set so far (``ru_maxrss``, KiB on Linux)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
-def median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def error_text(exc: BaseException) -> str:
@@ -943,16 +929,6 @@ def measure_sweep(bench: Bench) -> SweepResult:
 # ------------------------------------------------------------------------------------------------ summary
 
 
-@dataclass
-class Row:
-    measure: str
-    flowmas: str
-    baseline: str
-    ratio: str
-    target: str
-    met: str
-
-
 def _met(condition: bool | None) -> str:
     return "n/a" if condition is None else ("✓" if condition else "✗")
 
@@ -1049,17 +1025,6 @@ def summarise(bench: Bench, tp: Throughput | None, csv: CsvResult | None, small:
                             f"{sweep.build_s:.1f} s ({sweep.files / sweep.build_s:,.0f} files/s)", "-", "-", "(info)",
                             "-"))
     return rows
-
-
-def print_table(rows: Sequence[Row]) -> None:
-    headers = Row("measure", "flowmas", "baseline", "ratio", "target", "met")
-    table = [headers, *rows]
-    widths = [max(len(getattr(r, f)) for r in table) for f in Row.__annotations__]
-    for index, row in enumerate(table):
-        cells = (getattr(row, f).ljust(w) for f, w in zip(Row.__annotations__, widths, strict=True))
-        print("  ".join(cells).rstrip())
-        if index == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def _list(values: Sequence[float | int | None], fmt: str = "{:.3f}") -> str:

@@ -58,7 +58,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import math
 import os
 import platform
 import signal
@@ -70,6 +69,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
+
+from benchkit import Row, median, percentile, print_table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -541,16 +542,6 @@ class Figure:
     error: str | None = None
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
-
-
-def median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 async def interleaved(figure: Figure, flowmas: Call, sdk: Call, reps: int, warmup: int,
                       before: Callable[[], object], after: Callable[[int], object], calls_per_run: int) -> None:
     """``warmup`` untimed then ``reps`` timed runs per side, ABBA order; ``before``/``after`` script and check
@@ -668,16 +659,6 @@ async def compare_bodies(provider: str, server: ServerProcess) -> str | None:
 # ----------------------------------------------------------------------------------------------- reporting
 
 
-@dataclass
-class Row:
-    measure: str
-    flowmas: str
-    baseline: str
-    ratio: str
-    target: str
-    met: str
-
-
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 1000:.3f} ms" if value < 0.01 else f"{value * 1000:.2f} ms"
 
@@ -719,17 +700,6 @@ def summarise(figures: Sequence[Figure], args: argparse.Namespace) -> list[Row]:
         if fig.error is not None:
             rows.append(Row("  (stopped early)", fig.error[:70], "-", "-", "-", "-"))
     return rows
-
-
-def print_table(rows: Sequence[Row]) -> None:
-    headers = Row("measure", "flowmas", "baseline (bare SDK)", "ratio / overhead", "target", "met")
-    table = [headers, *rows]
-    names = list(Row.__annotations__)
-    widths = [max(len(getattr(r, f)) for r in table) for f in names]
-    for index, row in enumerate(table):
-        print("  ".join(getattr(row, f).ljust(w) for f, w in zip(names, widths, strict=True)).rstrip())
-        if index == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 def pair_ratios(fig: Figure) -> list[float]:
@@ -823,7 +793,7 @@ def main(argv: Sequence[str]) -> int:
     print(f"flowmas LLM clients vs the bare SDKs, same local wire server (child process), interleaved; "
           f"{args.reps} calls / {args.tool_reps} tool loops per side{' (--quick)' if args.quick else ''}; "
           f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}; {time.monotonic() - _STARTED:.0f} s in all")
-    print_table(rows)
+    print_table(rows, Row("measure", "flowmas", "baseline (bare SDK)", "ratio / overhead", "target", "met"))
     print_raw(figures)
     for note in notes:
         print(f"note: {note}")
