@@ -82,7 +82,7 @@ class EmbeddedCacheBlock(CacheBlock):
     store: str = Field(default="default", description="Blocks naming the same store share one cache per process.")
 
     def cache(self) -> BaseCache:
-        from flowmas.graph.loading import process_cache
+        from flowmas.cache import process_cache
 
         with _stores_lock:
             shared = _stores.get(self.store)

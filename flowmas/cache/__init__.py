@@ -9,6 +9,7 @@ dumped to plain JSON for snapshots and loaded back. ``base.py`` states the rules
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +18,8 @@ from flowmas.cache.embedded import EmbeddedCache
 from flowmas.cache.redis_cache import RedisCache
 from flowmas.errors import ConfigurationError
 
-__all__ = ["RAISE", "BaseCache", "Cache", "EmbeddedCache", "NamespaceDump", "RedisCache", "cache_from_url"]
+__all__ = ["RAISE", "BaseCache", "Cache", "EmbeddedCache", "NamespaceDump", "RedisCache", "cache_from_url",
+           "process_cache"]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -36,3 +38,17 @@ def cache_from_url(url: str | None, **options: Any) -> BaseCache:
     shown = f"{scheme}://" if scheme else "a URL without a scheme"
     raise ConfigurationError(
         f"Unsupported cache URL scheme: {shown}. Use memory:// (in process), redis://, rediss:// or unix://.")
+
+
+_process_cache: EmbeddedCache | None = None
+_process_lock = threading.Lock()
+
+
+def process_cache() -> EmbeddedCache:
+    """This process's one embedded cache, never closed: an Agent without a cache, the Graphs agent and the graph
+    runs of ``flowmas up`` share it (runs are apart by their namespaces), as they would share one Redis."""
+    global _process_cache
+    with _process_lock:
+        if _process_cache is None:
+            _process_cache = EmbeddedCache()
+        return _process_cache

@@ -192,11 +192,13 @@ NodeRunner = Callable[[Node, RunContext, Callable[[], Awaitable[ModuleResult]]],
 
 
 def _default_cache() -> Cache:
-    from flowmas.cache import cache_from_url
+    """FLOWMAS_CACHE_URL's cache, else the process's one embedded cache (``flowmas.cache.process_cache``)."""
+    from flowmas.cache import cache_from_url, process_cache
     from flowmas.settings import FlowmasSettings
 
     url = FlowmasSettings().cache_url
-    return cache_from_url(url.get_secret_value() if url is not None else None)
+    text = url.get_secret_value().strip() if url is not None else ""
+    return process_cache() if text in ("", "memory://", "memory:") else cache_from_url(text)
 
 
 # --- tracing: opentelemetry-api is optional ---------------------------------------------------------------

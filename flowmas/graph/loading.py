@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flowmas.cache import BaseCache, EmbeddedCache, cache_from_url
+from flowmas.cache import BaseCache, cache_from_url, process_cache
 from flowmas.errors import ConfigurationError
 from flowmas.graph.engine import Agent
 from flowmas.graph.model import FlowControlModule, ModuleType, Node, Task
@@ -125,19 +125,6 @@ def parse_task(value: str | bytes | Mapping[str, Any] | Task) -> Task:
                                  "objective (str), optional id, params (object).") from None
     except RecursionError:
         raise ConfigurationError("The task is nested too deeply.") from None
-
-
-_process_cache: EmbeddedCache | None = None
-_process_lock = threading.Lock()
-
-
-def process_cache() -> EmbeddedCache:
-    """This process's one embedded cache: the Graphs agent and the graph runs of ``flowmas up`` share it."""
-    global _process_cache
-    with _process_lock:
-        if _process_cache is None:
-            _process_cache = EmbeddedCache()
-        return _process_cache
 
 
 def default_cache(settings: FlowmasSettings | None = None) -> BaseCache:
