@@ -27,7 +27,9 @@ Decisions (the contract for the faces that call it):
 * **Limits** (``max_file_bytes``, ``max_session_bytes``) are counted as the bytes arrive, never from a
   declared size; passing one is ``FileTooLargeError`` and leaves nothing (no data, no metadata, no index
   marker). The session limit counts the session's live files plus the uploads in flight in this process;
-  two processes uploading into one session at the same moment may together pass it by one upload.
+  two processes uploading into one session at the same moment may together pass it by one upload. The count
+  of a session's files is kept for ``USAGE_FRESH_SECONDS`` (moved by this service's own uploads and deletes),
+  so another process's deletes make room within those seconds.
 * **``download_to_buffer``** returns the whole (transformed) file whatever its size: a buffer download is
   how a caller asks for everything. ``read_max_bytes`` (SAM's ``max_allowed_file_retrieve_size``) bounds
   only what is inlined into an LLM's context (the OPACA ReadFile action reads it from the service);
@@ -110,6 +112,9 @@ MAX_SESSION_ID_LENGTH = 1024
 MAX_EXTRA_BYTES = 64 * 1024
 MAX_EXTRA_KEY_LENGTH = 100
 CAS_ATTEMPTS = 20
+USAGE_FRESH_SECONDS = 5.0
+"""How long a session's counted usage is trusted (moved by this service's own uploads and deletes meanwhile)."""
+MAX_USAGE_ENTRIES = 10_000
 _MIME_RE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$&^_.+-/; =\"")
 
 
@@ -193,6 +198,8 @@ class FileService:
         self.clock = clock
         self._inflight: dict[str, int] = {}
         self._inflight_lock = threading.Lock()
+        self._usage: dict[str, tuple[float, int]] = {}
+        """Session ref -> (when counted, bytes of its live files): ``_session_used``'s few seconds of memory."""
         self._runner: _LoopThread | None = None
         self._runner_lock = threading.Lock()
         self._closed = False
@@ -396,6 +403,7 @@ class FileService:
             else:
                 await self.storage.write_metadata(key, metadata.to_stored())
             committed = True
+            self._account(ref, size)
             return metadata.to_dict()
         finally:
             self._release(ref, counted)
@@ -461,9 +469,31 @@ class FileService:
         limit = self.max_file_bytes
         if self.max_session_bytes is None:
             return limit, None
-        used = sum(md.size for md in await self._session_files(ref, session))
+        used = await self._session_used(ref, session)
         room = max(0, self.max_session_bytes - used)
         return limit, room
+
+    async def _session_used(self, ref: str, session: str) -> int:
+        """Bytes of the session's live files. Counting reads every metadata document of the session, so a count
+        is kept for ``USAGE_FRESH_SECONDS`` and moved by this service's own uploads and deletes: N uploads into
+        one session cost O(N), not O(N²). Another process's changes are seen within those seconds."""
+        now = self.clock()
+        with self._inflight_lock:
+            cached = self._usage.get(ref)
+        if cached is not None and 0 <= now - cached[0] < USAGE_FRESH_SECONDS:
+            return cached[1]
+        used = sum(md.size for md in await self._session_files(ref, session))
+        with self._inflight_lock:
+            if len(self._usage) >= MAX_USAGE_ENTRIES:
+                self._usage.clear()
+            self._usage[ref] = (now, used)
+        return used
+
+    def _account(self, ref: str, delta: int) -> None:
+        with self._inflight_lock:
+            cached = self._usage.get(ref)
+            if cached is not None:
+                self._usage[ref] = (cached[0], max(0, cached[1] + delta))
 
     def _reserve(self, ref: str, counted: _Counter, size: int, room: int | None) -> None:
         with self._inflight_lock:
@@ -639,6 +669,7 @@ class FileService:
             access = await self._access(url, session_id, share_allowed=False)
             md = access.metadata
             if await self.storage.delete_metadata(md.key, expected_version=access.version):
+                self._account(md.session_ref, -md.size)
                 await self.storage.delete(md.key)
                 await self.storage.unindex(md.key, md.session_ref, md.expiration_timestamp)
                 return True
@@ -729,6 +760,9 @@ class FileService:
         except Exception as exc:  # noqa: BLE001 - reported, as above
             report.errors.append(f"purge of incomplete writes: {type(exc).__name__}: {shorten(str(exc), 200)}")
         report.seconds = time.monotonic() - started
+        if report.expired or report.debris:
+            with self._inflight_lock:
+                self._usage.clear()  # sessions shrank: count again
         if report.errors:
             log.warning("File expiry sweep: %s; first error: %s", report, report.errors[0])
         return report

@@ -27,10 +27,12 @@ from flowmas.errors import (
     SessionMismatchError,
 )
 from flowmas.files import ExpiryReport, FileService
+from flowmas.files.service import USAGE_FRESH_SECONDS
 from flowmas.files.storage import new_key, session_ref
 from flowmas.files.storage.base import EXPIRY_BUCKET_SECONDS
 from flowmas.files.urls import parse_url, with_params
 from tests.files.test_storage_contract import Backend, _local, _memory, _s3
+from tests.servers.s3 import S3Server
 
 MiB = 2**20
 CSV = b"id,name,price\n1,apple,1.5\n2,pear,\n3,fig,2\n"
@@ -258,6 +260,33 @@ async def test_limits_are_enforced_while_streaming_and_leave_nothing(env: Env) -
     for md in await fs.list_files("s") + await fs.list_files("another session"):
         await fs.delete(md["url"], md["session_id"])
     assert env.leftovers() == []
+
+
+async def test_session_usage_is_counted_once_then_kept_by_the_services_own_changes(s3_server: S3Server) -> None:
+    backend = _s3(s3_server)
+    clock = Clock()
+    fs = FileService(backend.manager, clock=clock, max_session_bytes=10_000)
+    other = FileService(backend.another(), clock=clock, max_session_bytes=10_000)
+    stats = backend.manager.stats  # type: ignore[attr-defined]
+    try:
+        before = stats["list_requests"]
+        uploaded = [await fs.upload_from_buffer(b"x" * 400, f"{i}.txt", "s") for i in range(20)]
+        assert stats["list_requests"] - before == 1  # one count of the session, then kept: not one per upload
+
+        with pytest.raises(FileTooLargeError, match="session's files would pass"):
+            await fs.upload_from_buffer(b"y" * 2_500, "over.txt", "s")  # 8,000 used: the kept count is right
+        await fs.delete(uploaded[0]["url"], "s")
+        await fs.upload_from_buffer(b"z" * 2_300, "fits.txt", "s")  # its own delete made room at once
+
+        for md in uploaded[1:6]:
+            await other.delete(md["url"], "s")  # another process frees 2,000 bytes
+        with pytest.raises(FileTooLargeError):
+            await fs.upload_from_buffer(b"w" * 1_500, "soon.txt", "s")  # not seen yet ...
+        clock.advance(USAGE_FRESH_SECONDS + 1)
+        assert (await fs.upload_from_buffer(b"w" * 1_500, "soon.txt", "s"))["size"] == 1_500  # ... seen now
+    finally:
+        await fs.close()
+        await other.close()
 
 
 async def test_a_failing_or_cancelled_upload_leaves_nothing(env: Env) -> None:
