@@ -32,14 +32,16 @@ import anthropic
 import httpx2
 
 from flowmas.errors import ConfigurationError, LLMConnectionError, LLMError, LLMProtocolError, LLMTimeoutError
+from flowmas.llm._convert import ConvertedMessages, merge_role, merge_roles
 from flowmas.llm._http import parse_retry_after, status_error
-from flowmas.llm.caching import place_breakpoints
+from flowmas.llm.caching import place_new_breakpoints
 from flowmas.llm.client import BaseClient, Request
 from flowmas.llm.retry import RetryPolicy
 from flowmas.llm.streaming import StreamAssembler
 from flowmas.llm.types import (
     ContentBlock,
     ImageBlock,
+    Message,
     Response,
     StopReason,
     StreamEvent,
@@ -48,7 +50,11 @@ from flowmas.llm.types import (
     ToolCallBlock,
     ToolResultBlock,
     Usage,
+    text_block,
+    tool_call_block,
 )
+from flowmas.llm.types import response as make_response
+from flowmas.llm.types import usage as make_usage
 
 STOP_REASONS: dict[str, StopReason] = {
     "end_turn": "end_turn",
@@ -66,6 +72,13 @@ _ERROR_TYPE_STATUS = {
 
 
 def _block_param(block: ContentBlock) -> dict[str, Any] | None:
+    # exact types first: isinstance on pydantic's (ABC-based) model classes costs more when it fails
+    if type(block) is TextBlock:
+        return {"type": "text", "text": block.text} if block.text else None
+    if type(block) is ToolCallBlock:
+        return {"type": "tool_use", "id": block.id, "name": block.name, "input": dict(block.arguments)}
+    if type(block) is ToolResultBlock:
+        return _result_param(block)
     if isinstance(block, TextBlock):
         return {"type": "text", "text": block.text} if block.text else None
     if isinstance(block, ImageBlock):
@@ -73,15 +86,7 @@ def _block_param(block: ContentBlock) -> dict[str, Any] | None:
     if isinstance(block, ToolCallBlock):
         return {"type": "tool_use", "id": block.id, "name": block.name, "input": dict(block.arguments)}
     if isinstance(block, ToolResultBlock):
-        content: Any
-        if isinstance(block.content, str):
-            content = block.content
-        else:
-            content = [p for p in (_block_param(b) for b in block.content) if p is not None]
-        param: dict[str, Any] = {"type": "tool_result", "tool_use_id": block.tool_call_id, "content": content}
-        if block.is_error:
-            param["is_error"] = True
-        return param
+        return _result_param(block)
     if isinstance(block, ThinkingBlock):
         if block.signature is None:
             return None  # unsigned thinking cannot be sent back
@@ -89,26 +94,47 @@ def _block_param(block: ContentBlock) -> dict[str, Any] | None:
     return None
 
 
-def build_messages(request: Request) -> list[dict[str, Any]]:
-    """The request's messages as fresh Messages-API dicts (roles merged; system messages left out)."""
-    out: list[dict[str, Any]] = []
-    for message in request.messages:
-        if message.role == "system":
-            continue
-        role = "assistant" if message.role == "assistant" else "user"
-        blocks = [p for p in (_block_param(b) for b in message.content) if p is not None]
-        if not blocks:
-            continue
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    return out
+def _result_param(block: ToolResultBlock) -> dict[str, Any]:
+    content: Any
+    if isinstance(block.content, str):
+        content = block.content
+    else:
+        content = [p for p in (_block_param(b) for b in block.content) if p is not None]
+    param: dict[str, Any] = {"type": "tool_result", "tool_use_id": block.tool_call_id, "content": content}
+    if block.is_error:
+        param["is_error"] = True
+    return param
 
 
-def build_params(request: Request, *, caching: bool, thinking: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def message_param(message: Message) -> dict[str, Any] | None:
+    """One message as a Messages-API message dict, or None when it sends nothing (system text, no blocks)."""
+    if message.role == "system":
+        return None
+    blocks = [p for p in (_block_param(b) for b in message.content) if p is not None]
+    if not blocks:
+        return None
+    return {"role": "assistant" if message.role == "assistant" else "user", "content": blocks}
+
+
+def build_messages(
+    request: Request, cache: ConvertedMessages[dict[str, Any] | None] | None = None
+) -> list[dict[str, Any]]:
+    """The request's messages as Messages-API dicts (roles merged; system messages left out). With ``cache`` each
+    message is converted once and its dict is shared between calls: change one by replacing it in the list."""
+    if cache is not None:
+        return cache.build(request.messages, merge_role)
+    return merge_roles([message_param(m) for m in request.messages])
+
+
+def build_params(
+    request: Request,
+    *,
+    caching: bool,
+    thinking: Mapping[str, Any] | None = None,
+    cache: ConvertedMessages[dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
     params: dict[str, Any] = {
-        "model": request.model, "max_tokens": request.max_tokens, "messages": build_messages(request),
+        "model": request.model, "max_tokens": request.max_tokens, "messages": build_messages(request, cache),
     }
     if thinking is not None:
         params["thinking"] = dict(thinking)
@@ -121,9 +147,9 @@ def build_params(request: Request, *, caching: bool, thinking: Mapping[str, Any]
         {"name": t.name, "description": t.description, "input_schema": t.input_schema} if t.description
         else {"name": t.name, "input_schema": t.input_schema}
         for t in request.tools
-    ]
+    ] if request.tools else []
     if caching:
-        place_breakpoints(tools, system, params["messages"])
+        place_new_breakpoints(tools, system, params["messages"])  # all built here: none marked yet
     if system:
         params["system"] = system
     if tools:
@@ -144,14 +170,14 @@ def build_params(request: Request, *, caching: bool, thinking: Mapping[str, Any]
     return params
 
 
-def _usage(usage: Any) -> Usage:
-    if usage is None:
+def _usage(wire: Any) -> Usage:
+    if wire is None:
         return Usage()
-    return Usage(
-        input_tokens=getattr(usage, "input_tokens", None) or 0,
-        output_tokens=getattr(usage, "output_tokens", None) or 0,
-        cache_read_input_tokens=getattr(usage, "cache_read_input_tokens", None) or 0,
-        cache_write_input_tokens=getattr(usage, "cache_creation_input_tokens", None) or 0,
+    return make_usage(
+        getattr(wire, "input_tokens", None) or 0,
+        getattr(wire, "output_tokens", None) or 0,
+        getattr(wire, "cache_read_input_tokens", None) or 0,
+        getattr(wire, "cache_creation_input_tokens", None) or 0,
     )
 
 
@@ -160,12 +186,11 @@ def _content(blocks: Any) -> list[ContentBlock]:
     for block in blocks or []:
         kind = getattr(block, "type", None)
         if kind == "text":
-            content.append(TextBlock(text=block.text))
+            content.append(text_block(block.text))
         elif kind == "tool_use":
             arguments = block.input if isinstance(block.input, dict) else {}
             invalid = None if isinstance(block.input, dict) else json.dumps(block.input, default=str)
-            content.append(ToolCallBlock(id=block.id, name=block.name, arguments=arguments,
-                                         invalid_arguments=invalid))
+            content.append(tool_call_block(block.id, block.name, arguments, invalid))
         elif kind == "thinking":
             content.append(ThinkingBlock(thinking=block.thinking, signature=getattr(block, "signature", None)))
     return content
@@ -204,6 +229,7 @@ class AnthropicClient(BaseClient[Any]):
         self.caching = caching
         self._default_headers = dict(default_headers or {})
         self._sdk_options = dict(sdk_options or {})
+        self._converted: ConvertedMessages[dict[str, Any] | None] = ConvertedMessages(message_param)
 
     def _sdk_timeout(self) -> anthropic.Timeout:
         return anthropic.Timeout(self.timeout, connect=self.connect_timeout)
@@ -265,24 +291,21 @@ class AnthropicClient(BaseClient[Any]):
     # --- calls -----------------------------------------------------------------------------------
 
     async def _complete(self, request: Request, attempt: int) -> Response:
-        params = build_params(request, caching=self.caching, thinking=self.thinking)
+        params = build_params(request, caching=self.caching, thinking=self.thinking, cache=self._converted)
         sdk = self._sdk()
         started = time.perf_counter()
         try:
             message = await sdk.messages.create(**params)
             content = _content(message.content)
             raw_stop = message.stop_reason
-            usage = _usage(message.usage)
+            wire_usage = _usage(message.usage)
         except (anthropic.AnthropicError, httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
             raise self._translate(exc) from None
-        return Response(
-            content=content, stop_reason=STOP_REASONS.get(raw_stop or "", "other"), raw_stop_reason=raw_stop,
-            usage=usage, model=message.model or request.model, id=message.id, provider=self.provider,
-            latency=time.perf_counter() - started,
-        )
+        return make_response(content, STOP_REASONS.get(raw_stop or "", "other"), raw_stop, wire_usage,
+                        message.model or request.model, message.id, self.provider, time.perf_counter() - started)
 
     async def _stream(self, request: Request, attempt: int) -> AsyncGenerator[StreamEvent, None]:
-        params = build_params(request, caching=self.caching, thinking=self.thinking)
+        params = build_params(request, caching=self.caching, thinking=self.thinking, cache=self._converted)
         sdk = self._sdk()
         assembler = StreamAssembler(self.provider, request.model)
         usage = Usage()

@@ -1,7 +1,8 @@
 """``BedrockClient``: Amazon Bedrock's Converse and ConverseStream through boto3 ``bedrock-runtime``.
 
-boto3 is synchronous: a call runs in a worker thread (``asyncio.to_thread``); a stream is read by one thread
-that hands events to the event loop through a queue (one thread hop per event, none per call on the loop).
+boto3 is synchronous: a call runs in a worker thread (``asyncio.to_thread``); a stream is opened and its first
+event read in one such hop (as a bare SDK call would), then the rest is read ahead by one reader thread per
+stream (daemon threads, reused while idle) that hands events to the event loop through a queue.
 One boto3 client per ``BedrockClient`` (thread-safe; its connection pool is shared by all calls), created on
 first use, with botocore's retries off (``total_max_attempts=1``) and our timeouts.
 
@@ -34,9 +35,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
+import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import boto3
@@ -53,6 +56,7 @@ from flowmas.errors import (
     LLMProtocolError,
     LLMTimeoutError,
 )
+from flowmas.llm._convert import ConvertedMessages, merge_role, merge_roles
 from flowmas.llm._http import parse_retry_after, status_error
 from flowmas.llm.client import BaseClient, Request
 from flowmas.llm.retry import RetryPolicy
@@ -60,6 +64,7 @@ from flowmas.llm.streaming import StreamAssembler
 from flowmas.llm.types import (
     ContentBlock,
     ImageBlock,
+    Message,
     Response,
     StopReason,
     StreamEvent,
@@ -67,7 +72,11 @@ from flowmas.llm.types import (
     ToolCallBlock,
     ToolResultBlock,
     Usage,
+    text_block,
+    tool_call_block,
 )
+from flowmas.llm.types import response as make_response
+from flowmas.llm.types import usage as make_usage
 
 STOP_REASONS: dict[str, StopReason] = {
     "end_turn": "end_turn",
@@ -102,6 +111,13 @@ def _image(block: ImageBlock) -> dict[str, Any]:
 
 
 def _block(block: ContentBlock) -> dict[str, Any] | None:
+    # exact types first: isinstance on pydantic's (ABC-based) model classes costs more when it fails
+    if type(block) is TextBlock:
+        return {"text": block.text} if block.text else None
+    if type(block) is ToolCallBlock:
+        return {"toolUse": {"toolUseId": block.id, "name": block.name, "input": dict(block.arguments)}}
+    if type(block) is ToolResultBlock:
+        return _result(block)
     if isinstance(block, TextBlock):
         return {"text": block.text} if block.text else None
     if isinstance(block, ImageBlock):
@@ -109,33 +125,46 @@ def _block(block: ContentBlock) -> dict[str, Any] | None:
     if isinstance(block, ToolCallBlock):
         return {"toolUse": {"toolUseId": block.id, "name": block.name, "input": dict(block.arguments)}}
     if isinstance(block, ToolResultBlock):
-        if isinstance(block.content, str):
-            content: list[dict[str, Any]] = [{"text": block.content or "(empty)"}]
-        else:
-            content = [p for p in (_block(b) for b in block.content) if p is not None] or [{"text": "(empty)"}]
-        return {"toolResult": {"toolUseId": block.tool_call_id, "content": content,
-                               "status": "error" if block.is_error else "success"}}
+        return _result(block)
     return None  # thinking blocks are not sent back
 
 
-def build_messages(request: Request) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for message in request.messages:
-        if message.role == "system":
-            continue
-        role = "assistant" if message.role == "assistant" else "user"
-        blocks = [p for p in (_block(b) for b in message.content) if p is not None]
-        if not blocks:
-            continue
-        if out and out[-1]["role"] == role:
-            out[-1]["content"].extend(blocks)
-        else:
-            out.append({"role": role, "content": blocks})
-    return out
+def _result(block: ToolResultBlock) -> dict[str, Any]:
+    if isinstance(block.content, str):
+        content: list[dict[str, Any]] = [{"text": block.content or "(empty)"}]
+    else:
+        content = [p for p in (_block(b) for b in block.content) if p is not None] or [{"text": "(empty)"}]
+    return {"toolResult": {"toolUseId": block.tool_call_id, "content": content,
+                           "status": "error" if block.is_error else "success"}}
 
 
-def build_params(request: Request, *, caching: bool = False) -> dict[str, Any]:
-    messages = build_messages(request)
+def message_param(message: Message) -> dict[str, Any] | None:
+    """One message as a Converse message dict, or None when it sends nothing (system text, no blocks)."""
+    if message.role == "system":
+        return None
+    blocks = [p for p in (_block(b) for b in message.content) if p is not None]
+    if not blocks:
+        return None
+    return {"role": "assistant" if message.role == "assistant" else "user", "content": blocks}
+
+
+def build_messages(
+    request: Request, cache: ConvertedMessages[dict[str, Any] | None] | None = None
+) -> list[dict[str, Any]]:
+    """The request's messages as Converse dicts (roles merged). With ``cache`` each message is converted once and
+    its dict is shared between calls: change one by replacing it in the list."""
+    if cache is not None:
+        return cache.build(request.messages, merge_role)
+    return merge_roles([message_param(m) for m in request.messages])
+
+
+def build_params(
+    request: Request,
+    *,
+    caching: bool = False,
+    cache: ConvertedMessages[dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
+    messages = build_messages(request, cache)
     params: dict[str, Any] = {"modelId": request.model, "messages": messages}
     system_text = request.system_text()
     if system_text:
@@ -171,20 +200,16 @@ def build_params(request: Request, *, caching: bool = False) -> dict[str, Any]:
                 {"tool": {"name": request.forced_tool}} if request.forced_tool else {request.tool_choice: {}}
             )
             params["toolConfig"] = {"tools": tools, "toolChoice": choice}
-    if caching and messages:
-        messages[-1]["content"].append(dict(_CACHE_POINT))
+    if caching and messages:  # a copy: message dicts may be shared between calls
+        messages[-1] = {**messages[-1], "content": [*messages[-1]["content"], dict(_CACHE_POINT)]}
     return params
 
 
 def _usage(usage: Mapping[str, Any] | None) -> Usage:
     if not usage:
         return Usage()
-    return Usage(
-        input_tokens=int(usage.get("inputTokens") or 0),
-        output_tokens=int(usage.get("outputTokens") or 0),
-        cache_read_input_tokens=int(usage.get("cacheReadInputTokens") or 0),
-        cache_write_input_tokens=int(usage.get("cacheWriteInputTokens") or 0),
-    )
+    return make_usage(int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0),
+                      int(usage.get("cacheReadInputTokens") or 0), int(usage.get("cacheWriteInputTokens") or 0))
 
 
 def _content(blocks: list[Mapping[str, Any]]) -> list[ContentBlock]:
@@ -192,17 +217,57 @@ def _content(blocks: list[Mapping[str, Any]]) -> list[ContentBlock]:
     for block in blocks:
         if "text" in block:
             if block["text"]:
-                content.append(TextBlock(text=block["text"]))
+                content.append(text_block(block["text"]))
         elif "toolUse" in block:
             use = block["toolUse"]
             arguments = use.get("input")
-            content.append(ToolCallBlock(
-                id=use["toolUseId"], name=use["name"], arguments=arguments if isinstance(arguments, dict) else {},
-                invalid_arguments=None if isinstance(arguments, dict) else repr(arguments)))
+            content.append(tool_call_block(
+                use["toolUseId"], use["name"], arguments if isinstance(arguments, dict) else {},
+                None if isinstance(arguments, dict) else repr(arguments)))
     return content
 
 
 _DONE = object()
+
+
+class _Readers:
+    """Daemon threads that read the rest of Bedrock streams, reused while idle (a stream then starts no thread:
+    starting one blocks the event loop until it runs); an idle thread exits after ``idle_timeout`` seconds.
+    Daemon threads, as a blocked read must not hold the interpreter's exit."""
+
+    def __init__(self, idle_timeout: float = 60.0) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # waiting threads with no job handed to them yet (waiting threads = idle + queued jobs)
+        self.idle_timeout = idle_timeout
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+                self._jobs.put(job)
+                return
+        threading.Thread(target=self._work, args=(job,), name="flowmas-bedrock-stream", daemon=True).start()
+
+    def _work(self, job: Callable[[], None]) -> None:
+        while True:
+            with contextlib.suppress(BaseException):  # a job hands its own errors over
+                job()
+            del job
+            with self._lock:
+                self._idle += 1
+            while True:
+                try:
+                    job = self._jobs.get(timeout=self.idle_timeout)
+                    break
+                except queue.Empty:
+                    with self._lock:
+                        if self._jobs.empty():
+                            self._idle -= 1
+                            return
+
+
+_READERS = _Readers()
 _SESSIONS: dict[str | None, Any] = {}
 _SESSIONS_LOCK = threading.Lock()
 
@@ -253,6 +318,7 @@ class BedrockClient(BaseClient[Any]):
         self._max_pool_connections = max_pool_connections
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._converted: ConvertedMessages[dict[str, Any] | None] = ConvertedMessages(message_param)
 
     def _new_sdk(self) -> Any:
         config = botocore.config.Config(
@@ -328,7 +394,7 @@ class BedrockClient(BaseClient[Any]):
     # --- calls -----------------------------------------------------------------------------------
 
     async def _complete(self, request: Request, attempt: int) -> Response:
-        params = build_params(request, caching=self.caching)
+        params = build_params(request, caching=self.caching, cache=self._converted)
         started = time.perf_counter()
         try:
             client = self._sdk()
@@ -344,42 +410,52 @@ class BedrockClient(BaseClient[Any]):
             request_id = (answer.get("ResponseMetadata") or {}).get("RequestId")
         except Exception as exc:  # noqa: BLE001 - every boto error is translated once, here
             raise self._translate(exc) from None
-        return Response(content=content, stop_reason=STOP_REASONS.get(raw or "", "other"), raw_stop_reason=raw,
-                        usage=usage, model=request.model, id=request_id, provider=self.provider,
-                        latency=time.perf_counter() - started)
+        return make_response(content, STOP_REASONS.get(raw or "", "other"), raw, usage, request.model, request_id,
+                             self.provider, time.perf_counter() - started)
 
     async def _stream(self, request: Request, attempt: int) -> AsyncGenerator[StreamEvent, None]:
-        params = build_params(request, caching=self.caching)
+        params = build_params(request, caching=self.caching, cache=self._converted)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
         holder: dict[str, Any] = {}
 
-        def pump() -> None:
+        def open_stream() -> Any:
+            """A worker thread's one hop: the ConverseStream call and its first event (as a bare SDK call)."""
+            answer = self._sdk().converse_stream(**params)
+            holder["meta"] = answer.get("ResponseMetadata") or {}
+            stream = holder["stream"] = answer["stream"]
+            if stop.is_set():  # the consumer left while the call was made
+                stream.close()
+                return _DONE
+            events = holder["events"] = iter(stream)
+            return next(events, _DONE)
+
+        def pump(events: Any, into: asyncio.Queue[Any]) -> None:
+            """The rest of the stream, read ahead by a reader thread and handed to the loop event by event."""
             try:
-                answer = self._sdk().converse_stream(**params)
-                holder["meta"] = answer.get("ResponseMetadata") or {}
-                stream = answer["stream"]
-                holder["stream"] = stream
-                for event in stream:
+                for event in events:
                     if stop.is_set():
                         break
-                    loop.call_soon_threadsafe(queue.put_nowait, event)
+                    loop.call_soon_threadsafe(into.put_nowait, event)
             except BaseException as exc:  # noqa: BLE001 - handed to the loop, translated there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                loop.call_soon_threadsafe(into.put_nowait, exc)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+                loop.call_soon_threadsafe(into.put_nowait, _DONE)
 
-        thread = threading.Thread(target=pump, name="flowmas-bedrock-stream", daemon=True)
-        thread.start()
         assembler = StreamAssembler(self.provider, request.model)
         usage = Usage()
         raw_stop: str | None = None
         started = False
+        exhausted = False
+        rest: asyncio.Queue[Any] | None = None  # the rest of the stream, from a reader thread
         try:
+            try:
+                item = await asyncio.to_thread(open_stream)
+            except Exception as exc:  # noqa: BLE001 - every boto error is translated once, here
+                raise self._translate(exc) from None
             while True:
-                item = await queue.get()
                 if item is _DONE:
+                    exhausted = True
                     break
                 if isinstance(item, BaseException):
                     raise self._translate(item) from None
@@ -397,10 +473,14 @@ class BedrockClient(BaseClient[Any]):
                     raw_stop = item["messageStop"].get("stopReason")
                 if "metadata" in item:
                     usage = _usage(item["metadata"].get("usage"))
+                if rest is None:  # after the first event is out: the reader costs it nothing
+                    rest = asyncio.Queue()
+                    _READERS.run(functools.partial(pump, holder["events"], rest))
+                item = await rest.get()
         finally:
             stop.set()
             stream = holder.get("stream")
-            if stream is not None and thread.is_alive():
+            if stream is not None and not exhausted:
                 with contextlib.suppress(Exception):
                     stream.close()
         if raw_stop is None:

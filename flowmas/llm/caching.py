@@ -80,3 +80,37 @@ def place_breakpoints(
         if _mark_last(blocks):
             placed += 1
     return existing + placed
+
+
+def place_new_breakpoints(
+    tools: list[dict[str, Any]], system: list[dict[str, Any]], messages: list[dict[str, Any]]
+) -> int:
+    """``place_breakpoints`` for structures that carry no breakpoint yet (an adapter's own, built from neutral
+    messages, which have none): the same placement, without scanning every message for existing ones. ``tools``
+    and ``system`` are marked in place; a message that gets a breakpoint is replaced in ``messages`` by a copy
+    (message dicts may be shared between calls), the others are not touched."""
+    placed = 0
+    if tools and _mark_last(tools):
+        placed += 1
+    if system and _mark_last(system):
+        placed += 1
+    if messages:
+        placed += _mark_message(messages, len(messages) - 1)
+        for i in range(len(messages) - 2, -1, -1):
+            message = messages[i]
+            if message.get("role") == "user" and isinstance(message.get("content"), list):
+                placed += _mark_message(messages, i)
+                break
+    return placed
+
+
+def _mark_message(messages: list[dict[str, Any]], index: int) -> int:
+    message = messages[index]
+    content = message.get("content")
+    if not isinstance(content, list):
+        return 0
+    blocks = list(content)
+    if not _mark_last(blocks):
+        return 0
+    messages[index] = {**message, "content": blocks}
+    return 1

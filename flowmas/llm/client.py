@@ -14,7 +14,8 @@ call and the SDK's answer (or error, once, into flowmas.errors) back. Everything
   httpx pool cannot cross event loops, which Prefect's sync tasks would otherwise do). The SDK's own retries
   are off (``max_retries=0``). Call ``aclose()`` (or ``async with client``) before a short-lived loop ends: an
   SDK client whose loop is gone can only be garbage-collected, and the SDK then logs a failed close.
-- **Spans** (``telemetry``): ``chat {model}`` per call, no-op without opentelemetry.
+- **Spans** (``telemetry``): ``chat {model}`` per call; none are made without opentelemetry or while no tracer
+  provider is configured (checked per call: a provider configured later is used from then on).
 - **Inputs are never mutated**: adapters build fresh request structures from the immutable neutral types.
 
 ``tool_chain`` runs the loop: call the model, run its tool calls (concurrently unless
@@ -301,33 +302,47 @@ class BaseClient(abc.ABC, Generic[SDK]):
         timeout: float | None = None,
     ) -> Request:
         """Validate and normalise one call's arguments (no network); raises ``ConfigurationError``."""
-        msgs = to_messages(messages)
-        if not any(m.role != "system" for m in msgs):
-            raise ConfigurationError("messages must hold at least one user message.")
-        specs = [ToolSpec.coerce(t) for t in tools] if tools else []
-        names = {s.name for s in specs}
-        if len(names) != len(specs):
-            raise ConfigurationError("Tool names must be unique.")
-        if not isinstance(tool_choice, str) or not tool_choice:
-            raise ConfigurationError(
-                f"tool_choice must be 'auto', 'any', 'none' or a tool's name, not {tool_choice!r}."
-            )
-        choice = _CHOICE_ALIASES.get(tool_choice, tool_choice)
-        if choice not in ("auto", "any", "none") and choice not in names:
-            raise ConfigurationError(
-                f"tool_choice={tool_choice!r} names no offered tool (offered: {', '.join(sorted(names)) or 'none'})."
-            )
+        if type(messages) is str:  # a plain prompt: one user message, nothing to check
+            msgs = [Message.user(messages)]
+        else:
+            msgs = to_messages(messages)
+            if not any(m.role != "system" for m in msgs):
+                raise ConfigurationError("messages must hold at least one user message.")
+        if tools:
+            specs = [ToolSpec.coerce(t) for t in tools]
+            names = {s.name for s in specs}
+            if len(names) != len(specs):
+                raise ConfigurationError("Tool names must be unique.")
+        else:
+            specs, names = [], set()
+        choice = _CHOICE_ALIASES.get(tool_choice) if type(tool_choice) is str else None
+        if choice is None:
+            if not isinstance(tool_choice, str) or not tool_choice:
+                raise ConfigurationError(
+                    f"tool_choice must be 'auto', 'any', 'none' or a tool's name, not {tool_choice!r}."
+                )
+            choice = _CHOICE_ALIASES.get(tool_choice, tool_choice)
+            if choice not in ("auto", "any", "none") and choice not in names:
+                raise ConfigurationError(
+                    f"tool_choice={tool_choice!r} names no offered tool "
+                    f"(offered: {', '.join(sorted(names)) or 'none'})."
+                )
         if choice == "any" and not specs:
             raise ConfigurationError(f"tool_choice={tool_choice!r} needs tools.")
-        low, high = self.temperature_range
-        _finite_in("temperature", temperature, low, high, self.provider)
-        _finite_in("top_p", top_p, 0.0, 1.0, self.provider)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if not all(isinstance(s, str) and s for s in stops):
-            raise ConfigurationError("stop must be a string or a list of non-empty strings.")
+        if temperature is not None:
+            low, high = self.temperature_range
+            _finite_in("temperature", temperature, low, high, self.provider)
+        if top_p is not None:
+            _finite_in("top_p", top_p, 0.0, 1.0, self.provider)
+        if stop is None:
+            stops: list[str] = []
+        else:
+            stops = [stop] if isinstance(stop, str) else list(stop or [])
+            if not all(isinstance(s, str) and s for s in stops):
+                raise ConfigurationError("stop must be a string or a list of non-empty strings.")
         if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}.")
-        return Request(
+        return _request(
             model=self.model, messages=msgs, system=system, tools=specs, tool_choice=choice,
             max_tokens=self.max_tokens if max_tokens is None else self._check_max_tokens(max_tokens),
             temperature=temperature, top_p=top_p, stop=stops, timeout=timeout,
@@ -340,6 +355,10 @@ class BaseClient(abc.ABC, Generic[SDK]):
         )
 
     async def _run_complete(self, request: Request) -> Response:
+        if telemetry.active() is None:  # no tracer provider configured: no span to make
+            return await self.retry.run(
+                lambda attempt: self._complete(request, attempt), what=f"{self.provider} {request.model}"
+            )
         with telemetry.span(f"chat {request.model}", self._span_attributes(request)) as current:
             response = await self.retry.run(
                 lambda attempt: self._complete(request, attempt), what=f"{self.provider} {request.model}"
@@ -373,7 +392,9 @@ class BaseClient(abc.ABC, Generic[SDK]):
         """Stream ``request``: retried while nothing was yielded (or always, with ``retry_after_first_event``)."""
         policy = self.retry
         started = policy.clock()
-        with telemetry.span(f"chat {request.model}", self._span_attributes(request), current=False) as current:
+        spans = telemetry.active() is not None
+        with (telemetry.span(f"chat {request.model}", self._span_attributes(request), current=False) if spans
+              else _NO_SPAN) as current:
             attempt = 1
             while True:
                 yielded = False
@@ -381,7 +402,7 @@ class BaseClient(abc.ABC, Generic[SDK]):
                     async with contextlib.aclosing(self._stream(request, attempt)) as events:
                         async for event in events:
                             yielded = True
-                            if isinstance(event, MessageStop):
+                            if current is not None and isinstance(event, MessageStop):
                                 telemetry.record_response(current, event.response)
                             yield event
                     return
@@ -463,9 +484,10 @@ class BaseClient(abc.ABC, Generic[SDK]):
         )
         usage = Usage()
         response: Response | None = None
+        spans = telemetry.active() is not None
         attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.system": self.provider,
-                      "gen_ai.request.model": self.model}
-        with telemetry.span("invoke_agent tool_chain", attributes) as chain_span:
+                      "gen_ai.request.model": self.model} if spans else {}
+        with telemetry.span("invoke_agent tool_chain", attributes) if spans else _NO_SPAN as chain_span:
             for iteration in range(1, max_iterations + 1):
                 request = first if iteration == 1 else _with_messages(first, transcript)
                 response = await self._turn(request, middlewares)
@@ -503,11 +525,13 @@ class BaseClient(abc.ABC, Generic[SDK]):
         parallel: bool,
         middlewares: Sequence[Middleware],
     ) -> list[tuple[ToolResultBlock, bool]]:
+        spans = telemetry.active() is not None
+
         async def one(call: Any) -> tuple[ToolResultBlock, bool]:
             with telemetry.span(f"execute_tool {call.name}", {
                 "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": call.name,
                 "gen_ai.tool.call.id": call.id,
-            }):
+            }) if spans else _NO_SPAN:
                 if call.invalid_arguments is not None:
                     preview = call.invalid_arguments[:200]
                     outcome = (ToolResultBlock(tool_call_id=call.id, name=call.name, is_error=True,
@@ -554,12 +578,20 @@ class BaseClient(abc.ABC, Generic[SDK]):
                     yield event.text
 
 
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def _request(**fields: Any) -> Request:
+    """``Request(**fields)`` without the frozen dataclass's per-field ``object.__setattr__`` (every field given)."""
+    request = object.__new__(Request)
+    request.__dict__.update(fields)
+    return request
+
+
 def _with_messages(request: Request, messages: Sequence[Message]) -> Request:
-    return Request(
-        model=request.model, messages=list(messages), system=request.system, tools=request.tools,
-        tool_choice=request.tool_choice, max_tokens=request.max_tokens, temperature=request.temperature,
-        top_p=request.top_p, stop=request.stop, timeout=request.timeout,
-    )
+    fields = dict(request.__dict__)
+    fields["messages"] = list(messages)
+    return _request(**fields)
 
 
 async def _notify(middlewares: Sequence[Middleware], event: ChainEvent) -> None:

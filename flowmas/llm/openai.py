@@ -18,7 +18,8 @@ Chat Completions translation:
 - usage: ``prompt_tokens`` minus cached (``prompt_tokens_details.cached_tokens``) and cache-written tokens
   → ``input_tokens``; ``completion_tokens`` → ``output_tokens``.
 
-Responses API translation: system → ``instructions``; messages → ``input`` items (``function_call`` /
+Responses API translation: system → ``instructions``; messages → ``input`` items (a user message of one text part
+as a plain string, the API's short form; ``function_call`` /
 ``function_call_output`` for tools); ``max_output_tokens``; ``store=False`` (nothing kept on the provider's
 side unless ``store=True``); ``stop`` is not supported by that API (``ConfigurationError`` before any request).
 
@@ -41,6 +42,7 @@ import httpx2
 import openai
 
 from flowmas.errors import ConfigurationError, LLMConnectionError, LLMError, LLMProtocolError, LLMTimeoutError
+from flowmas.llm._convert import ConvertedMessages, extend
 from flowmas.llm._http import parse_retry_after, status_error
 from flowmas.llm.client import BaseClient, Request
 from flowmas.llm.retry import RetryPolicy
@@ -48,6 +50,7 @@ from flowmas.llm.streaming import StreamAssembler, parse_tool_arguments
 from flowmas.llm.types import (
     ContentBlock,
     ImageBlock,
+    Message,
     Response,
     StopReason,
     StreamEvent,
@@ -55,7 +58,11 @@ from flowmas.llm.types import (
     ToolCallBlock,
     ToolResultBlock,
     Usage,
+    text_block,
+    tool_call_block,
 )
+from flowmas.llm.types import response as make_response
+from flowmas.llm.types import usage as make_usage
 
 LOCAL_PLACEHOLDER_KEY = "not-needed"
 FINISH_REASONS: dict[str, StopReason] = {
@@ -93,42 +100,54 @@ def _result_images(block: ToolResultBlock) -> list[ImageBlock]:
 # --- Chat Completions ---------------------------------------------------------------------------------
 
 
-def chat_messages(request: Request) -> list[dict[str, Any]]:
+def chat_items(message: Message) -> list[dict[str, Any]]:
+    """One message as Chat Completions messages (none for system text, which leads the request)."""
+    out: list[dict[str, Any]] = []
+    if message.role == "system":
+        return out
+    if message.role == "assistant":
+        text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
+        calls = [b for b in message.content if isinstance(b, ToolCallBlock)]
+        item: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            item["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments_text(c)}}
+                for c in calls
+            ]
+        if text or calls:
+            out.append(item)
+        return out
+    parts: list[dict[str, Any]] = []
+    images: list[ImageBlock] = []
+    for block in message.content:
+        if isinstance(block, ToolResultBlock):
+            out.append({"role": "tool", "tool_call_id": block.tool_call_id, "content": _result_text(block)})
+            images += _result_images(block)
+        elif isinstance(block, TextBlock) and block.text:
+            parts.append({"type": "text", "text": block.text})
+        elif isinstance(block, ImageBlock):
+            parts.append({"type": "image_url", "image_url": {"url": _data_url(block)}})
+    parts += [{"type": "image_url", "image_url": {"url": _data_url(i)}} for i in images]
+    if parts:
+        if len(parts) == 1 and parts[0]["type"] == "text":
+            out.append({"role": "user", "content": parts[0]["text"]})
+        else:
+            out.append({"role": "user", "content": parts})
+    return out
+
+
+def chat_messages(
+    request: Request, cache: ConvertedMessages[list[dict[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     system = request.system_text()
     if system:
         out.append({"role": "system", "content": system})
-    for message in request.messages:
-        if message.role == "system":
-            continue
-        if message.role == "assistant":
-            text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
-            calls = [b for b in message.content if isinstance(b, ToolCallBlock)]
-            item: dict[str, Any] = {"role": "assistant", "content": text or None}
-            if calls:
-                item["tool_calls"] = [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments_text(c)}}
-                    for c in calls
-                ]
-            if text or calls:
-                out.append(item)
-            continue
-        parts: list[dict[str, Any]] = []
-        images: list[ImageBlock] = []
-        for block in message.content:
-            if isinstance(block, ToolResultBlock):
-                out.append({"role": "tool", "tool_call_id": block.tool_call_id, "content": _result_text(block)})
-                images += _result_images(block)
-            elif isinstance(block, TextBlock) and block.text:
-                parts.append({"type": "text", "text": block.text})
-            elif isinstance(block, ImageBlock):
-                parts.append({"type": "image_url", "image_url": {"url": _data_url(block)}})
-        parts += [{"type": "image_url", "image_url": {"url": _data_url(i)}} for i in images]
-        if parts:
-            if len(parts) == 1 and parts[0]["type"] == "text":
-                out.append({"role": "user", "content": parts[0]["text"]})
-            else:
-                out.append({"role": "user", "content": parts})
+    if cache is not None:
+        out += cache.build(request.messages, extend)
+    else:
+        for message in request.messages:
+            out += chat_items(message)
     return out
 
 
@@ -145,43 +164,53 @@ def _chat_usage(usage: Any) -> Usage:
     cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
     written = (getattr(details, "cache_write_tokens", None) or 0) if details is not None else 0
     prompt = getattr(usage, "prompt_tokens", None) or 0
-    return Usage(
-        input_tokens=max(prompt - cached - written, 0),
-        output_tokens=getattr(usage, "completion_tokens", None) or 0,
-        cache_read_input_tokens=cached,
-        cache_write_input_tokens=written,
-    )
+    return make_usage(max(prompt - cached - written, 0), getattr(usage, "completion_tokens", None) or 0, cached,
+                      written)
 
 
 # --- Responses API ------------------------------------------------------------------------------------
 
 
-def responses_input(request: Request) -> list[dict[str, Any]]:
+def responses_items(message: Message) -> list[dict[str, Any]]:
+    """One message as Responses API input items (none for system text, which goes to ``instructions``)."""
+    items: list[dict[str, Any]] = []
+    if message.role == "system":
+        return items
+    if message.role == "assistant":
+        text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
+        if text:
+            items.append({"role": "assistant", "content": text})
+        for call in message.content:
+            if isinstance(call, ToolCallBlock):
+                items.append({"type": "function_call", "call_id": call.id, "name": call.name,
+                              "arguments": _arguments_text(call)})
+        return items
+    parts: list[dict[str, Any]] = []
+    for block in message.content:
+        if isinstance(block, ToolResultBlock):
+            items.append({"type": "function_call_output", "call_id": block.tool_call_id,
+                          "output": _result_text(block)})
+            parts += [{"type": "input_image", "image_url": _data_url(i)} for i in _result_images(block)]
+        elif isinstance(block, TextBlock) and block.text:
+            parts.append({"type": "input_text", "text": block.text})
+        elif isinstance(block, ImageBlock):
+            parts.append({"type": "input_image", "image_url": _data_url(block)})
+    if parts:
+        if len(parts) == 1 and parts[0]["type"] == "input_text":  # the API's short form (the SDK reads it faster)
+            items.append({"role": "user", "content": parts[0]["text"]})
+        else:
+            items.append({"role": "user", "content": parts})
+    return items
+
+
+def responses_input(
+    request: Request, cache: ConvertedMessages[list[dict[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
+    if cache is not None:
+        return cache.build(request.messages, extend)
     items: list[dict[str, Any]] = []
     for message in request.messages:
-        if message.role == "system":
-            continue
-        if message.role == "assistant":
-            text = "".join(b.text for b in message.content if isinstance(b, TextBlock))
-            if text:
-                items.append({"role": "assistant", "content": text})
-            for call in message.content:
-                if isinstance(call, ToolCallBlock):
-                    items.append({"type": "function_call", "call_id": call.id, "name": call.name,
-                                  "arguments": _arguments_text(call)})
-            continue
-        parts: list[dict[str, Any]] = []
-        for block in message.content:
-            if isinstance(block, ToolResultBlock):
-                items.append({"type": "function_call_output", "call_id": block.tool_call_id,
-                              "output": _result_text(block)})
-                parts += [{"type": "input_image", "image_url": _data_url(i)} for i in _result_images(block)]
-            elif isinstance(block, TextBlock) and block.text:
-                parts.append({"type": "input_text", "text": block.text})
-            elif isinstance(block, ImageBlock):
-                parts.append({"type": "input_image", "image_url": _data_url(block)})
-        if parts:
-            items.append({"role": "user", "content": parts})
+        items += responses_items(message)
     return items
 
 
@@ -191,12 +220,8 @@ def _responses_usage(usage: Any) -> Usage:
     details = getattr(usage, "input_tokens_details", None)
     cached = (getattr(details, "cached_tokens", None) or 0) if details is not None else 0
     written = (getattr(details, "cache_write_tokens", None) or 0) if details is not None else 0
-    return Usage(
-        input_tokens=max((getattr(usage, "input_tokens", None) or 0) - cached - written, 0),
-        output_tokens=getattr(usage, "output_tokens", None) or 0,
-        cache_read_input_tokens=cached,
-        cache_write_input_tokens=written,
-    )
+    return make_usage(max((getattr(usage, "input_tokens", None) or 0) - cached - written, 0),
+                      getattr(usage, "output_tokens", None) or 0, cached, written)
 
 
 def _responses_stop(response: Any, has_calls: bool) -> tuple[StopReason, str | None]:
@@ -251,6 +276,8 @@ class OpenAIClient(BaseClient[Any]):
         self._project = project
         self._default_headers = dict(default_headers or {})
         self._sdk_options = dict(sdk_options or {})
+        self._chat_items: ConvertedMessages[list[dict[str, Any]]] = ConvertedMessages(chat_items)
+        self._responses_items: ConvertedMessages[list[dict[str, Any]]] = ConvertedMessages(responses_items)
 
     def _new_sdk(self) -> Any:
         options: dict[str, Any] = {
@@ -274,7 +301,7 @@ class OpenAIClient(BaseClient[Any]):
     def build_params(self, request: Request, *, stream: bool) -> dict[str, Any]:
         if self.api == "responses":
             return self._responses_params(request, stream=stream)
-        params: dict[str, Any] = {"model": request.model, "messages": chat_messages(request),
+        params: dict[str, Any] = {"model": request.model, "messages": chat_messages(request, self._chat_items),
                                   self.max_tokens_param: request.max_tokens}
         if request.tools:
             params["tools"] = [
@@ -299,7 +326,7 @@ class OpenAIClient(BaseClient[Any]):
     def _responses_params(self, request: Request, *, stream: bool) -> dict[str, Any]:
         if request.stop:
             raise ConfigurationError("The OpenAI Responses API has no stop sequences; drop stop= or use api='chat'.")
-        params: dict[str, Any] = {"model": request.model, "input": responses_input(request),
+        params: dict[str, Any] = {"model": request.model, "input": responses_input(request, self._responses_items),
                                   "max_output_tokens": request.max_tokens, "store": self.store}
         system = request.system_text()
         if system:
@@ -391,21 +418,19 @@ class OpenAIClient(BaseClient[Any]):
         message = choice.message
         content: list[ContentBlock] = []
         if message.content:
-            content.append(TextBlock(text=message.content))
+            content.append(text_block(message.content))
         for call in message.tool_calls or []:
             function = getattr(call, "function", None)
             if function is None:
                 continue
             arguments, invalid = parse_tool_arguments(function.arguments)
-            content.append(ToolCallBlock(id=str(call.id), name=function.name, arguments=arguments,
-                                         invalid_arguments=invalid))
+            content.append(tool_call_block(str(call.id), function.name, arguments, invalid))
         raw = choice.finish_reason
         stop: StopReason = FINISH_REASONS.get(raw or "", "other")
         if stop == "end_turn" and any(isinstance(b, ToolCallBlock) for b in content):
             stop = "tool_use"  # some local servers say "stop" after a tool call
-        return Response(content=content, stop_reason=stop, raw_stop_reason=raw, usage=_chat_usage(completion.usage),
-                        model=completion.model or request.model, id=completion.id, provider=self.provider,
-                        latency=time.perf_counter() - started)
+        return make_response(content, stop, raw, _chat_usage(completion.usage), completion.model or request.model,
+                             completion.id, self.provider, time.perf_counter() - started)
 
     def _from_responses(self, answer: Any, request: Request, started: float) -> Response:
         if getattr(answer, "status", None) == "failed" and getattr(answer, "error", None) is not None:
@@ -420,12 +445,10 @@ class OpenAIClient(BaseClient[Any]):
                     content.append(TextBlock(text=text))
             elif kind == "function_call":
                 arguments, invalid = parse_tool_arguments(item.arguments)
-                content.append(ToolCallBlock(id=item.call_id, name=item.name, arguments=arguments,
-                                             invalid_arguments=invalid))
+                content.append(tool_call_block(item.call_id, item.name, arguments, invalid))
         stop, raw = _responses_stop(answer, any(isinstance(b, ToolCallBlock) for b in content))
-        return Response(content=content, stop_reason=stop, raw_stop_reason=raw,
-                        usage=_responses_usage(answer.usage), model=answer.model or request.model, id=answer.id,
-                        provider=self.provider, latency=time.perf_counter() - started)
+        return make_response(content, stop, raw, _responses_usage(answer.usage), answer.model or request.model,
+                             answer.id, self.provider, time.perf_counter() - started)
 
     async def _stream(self, request: Request, attempt: int) -> AsyncGenerator[StreamEvent, None]:
         params = self.build_params(request, stream=True)

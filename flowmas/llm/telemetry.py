@@ -19,29 +19,79 @@ from flowmas.llm.types import Response, Usage
 
 _UNSET: Any = object()
 _tracer: Any = _UNSET
+_trace: Any = None  # the opentelemetry.trace module, once imported
+_checked: tuple[Any, Any, Any] = (_UNSET, _UNSET, None)
+"""(tracer, provider, what ``active`` answered for them): re-checked only when either object changes."""
 
 
 def tracer() -> Any:
     """The flowmas.llm tracer, or None when opentelemetry is not installed."""
-    global _tracer
+    global _tracer, _trace
     if _tracer is _UNSET:
         try:
             from opentelemetry import trace
         except ImportError:
             _tracer = None
         else:
+            _trace = trace
             _tracer = trace.get_tracer("flowmas.llm")
     return _tracer
 
 
+def active() -> Any:
+    """The tracer when a span would go somewhere, else None: opentelemetry is not installed, or no tracer provider
+    is configured (the API's proxy tracer then hands out no-op spans that carry the parent's context unchanged).
+
+    Checked per call, cheaply: the answer is kept for the (tracer, global provider) pair, so a provider configured
+    after the client was built is used from the next call on. The global provider is read as the proxy tracer
+    reads it (the API's module global; ``get_tracer_provider()`` if that ever moves).
+    """
+    t = _tracer if _tracer is not _UNSET else tracer()
+    if t is None:
+        return None
+    trace = _trace
+    if trace is None:  # a tracer set from outside (tests) before the first span
+        return _check(t, _provider(None))
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNSET)
+    if provider is _UNSET:
+        provider = trace.get_tracer_provider()
+    checked = _checked
+    if checked[0] is t and checked[1] is provider:
+        return checked[2]
+    return _check(t, provider)
+
+
+def _provider(trace: Any) -> Any:
+    if trace is None:
+        from opentelemetry import trace
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNSET)
+    return trace.get_tracer_provider() if provider is _UNSET else provider
+
+
+def _check(t: Any, provider: Any) -> Any:
+    global _checked, _trace
+    from opentelemetry import trace
+
+    _trace = trace
+    noop = isinstance(t, trace.NoOpTracer) or (
+        isinstance(t, trace.ProxyTracer)
+        and not getattr(t, "_real_tracer", None)
+        and (provider is None or isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider))
+    )
+    result = None if noop else t
+    _checked = (t, provider, result)
+    return result
+
+
 @contextlib.contextmanager
 def span(name: str, attributes: Mapping[str, Any], *, current: bool = True) -> Iterator[Any]:
-    """A span (or None without opentelemetry); an escaping exception sets ``error.type`` and an error status.
+    """A span (or None without opentelemetry or a configured tracer provider: see ``active``); an escaping
+    exception sets ``error.type`` and an error status.
 
     ``current=False`` does not make it the current span: for async generators, whose code runs in the
     consumer's context between events (attaching a context there would detach it in another).
     """
-    t = tracer()
+    t = active()
     if t is None:
         yield None
         return

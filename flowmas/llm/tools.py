@@ -25,7 +25,15 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from flowmas.errors import ConfigurationError
-from flowmas.llm.types import ImageBlock, TextBlock, ToolCallBlock, ToolResultBlock, ToolSpec, _spec_parts
+from flowmas.llm.types import (
+    ImageBlock,
+    TextBlock,
+    ToolCallBlock,
+    ToolResultBlock,
+    ToolSpec,
+    _spec_parts,
+    tool_result_block,
+)
 
 
 class StopToolChain(Exception):
@@ -42,7 +50,7 @@ _STOP_SIGNALS = (StopToolChain, StopAsyncIteration)
 class Tool:
     """A tool the model may call: ``spec`` and the function behind it."""
 
-    __slots__ = ("_is_async", "_model", "_takes_dict", "fn", "spec", "thread")
+    __slots__ = ("_fields", "_is_async", "_model", "_takes_dict", "fn", "spec", "thread")
 
     def __init__(
         self,
@@ -57,6 +65,7 @@ class Tool:
         self.fn = fn
         self.thread = thread
         self._model = arguments_model
+        self._fields = tuple(arguments_model.model_fields) if arguments_model is not None else ()
         self._takes_dict = takes_dict
         self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an async callable object
@@ -94,7 +103,7 @@ class Tool:
             call: Callable[[], Any] = lambda: self.fn(dict(arguments))  # noqa: E731
         elif self._model is not None:
             validated = self._model.model_validate(dict(arguments))
-            kwargs = {name: getattr(validated, name) for name in type(validated).model_fields}
+            kwargs = {name: getattr(validated, name) for name in self._fields}
             call = lambda: self.fn(**kwargs)  # noqa: E731
         else:
             call = lambda: self.fn(**arguments)  # noqa: E731
@@ -168,11 +177,10 @@ async def run_tool_call(call: ToolCallBlock, tools: Mapping[str, Tool]) -> tuple
         value = await found.invoke(call.arguments)
     except _STOP_SIGNALS as stop:
         value = stop.value if isinstance(stop, StopToolChain) else (stop.args[0] if stop.args else "Done.")
-        return ToolResultBlock(tool_call_id=call.id, name=call.name, content=encode_result(value)), True
+        return tool_result_block(call.id, call.name, encode_result(value)), True
     except Exception as exc:  # noqa: BLE001 - a failing tool is reported to the model, not raised
-        return ToolResultBlock(tool_call_id=call.id, name=call.name, is_error=True,
-                               content=describe_exception(exc)), False
-    return ToolResultBlock(tool_call_id=call.id, name=call.name, content=encode_result(value)), False
+        return tool_result_block(call.id, call.name, describe_exception(exc), is_error=True), False
+    return tool_result_block(call.id, call.name, encode_result(value)), False
 
 
 def index_tools(tools: Sequence[Any]) -> dict[str, Tool]:

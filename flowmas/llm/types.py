@@ -20,11 +20,28 @@ import base64
 import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, field_validator, model_validator
 
 from flowmas.errors import ConfigurationError
+
+_M = TypeVar("_M", bound=BaseModel)
+
+_set = object.__setattr__
+
+
+def _built(cls: type[_M], values: dict[str, Any], fields_set: set[str]) -> _M:
+    """An instance of ``cls`` from values that are already valid (``values`` holds every field), without
+    validating them again: what ``model_construct`` does, minus its per-field bookkeeping (hot paths only; the
+    callers check the types first and fall back to validation otherwise)."""
+    instance = cls.__new__(cls)
+    _set(instance, "__dict__", values)
+    _set(instance, "__pydantic_fields_set__", fields_set)
+    _set(instance, "__pydantic_extra__", None)
+    _set(instance, "__pydantic_private__", None)
+    return instance
+
 
 Role = Literal["system", "user", "assistant", "tool"]
 StopReason = Literal[
@@ -38,6 +55,13 @@ class TextBlock(BaseModel):
 
     type: Literal["text"] = "text"
     text: str
+
+
+def text_block(text: str) -> TextBlock:
+    """``TextBlock(text=text)``, without validation when ``text`` is a ``str``."""
+    if type(text) is str:
+        return _built(TextBlock, {"type": "text", "text": text}, {"text"})
+    return TextBlock(text=text)
 
 
 class ImageBlock(BaseModel):
@@ -67,6 +91,20 @@ class ToolCallBlock(BaseModel):
     """The raw text when the model's arguments were not a JSON object (the call is answered with an error)."""
 
 
+_CALL_FIELDS = {"id", "name", "arguments", "invalid_arguments"}
+
+
+def tool_call_block(id: Any, name: Any, arguments: Any, invalid_arguments: Any = None) -> ToolCallBlock:
+    """``ToolCallBlock(...)`` (``arguments`` copied, as validation does), without validation when the values
+    already have their fields' types (``str`` id and name, a ``dict`` with ``str`` keys)."""
+    if (type(id) is str and type(name) is str and type(arguments) is dict
+            and (invalid_arguments is None or type(invalid_arguments) is str)
+            and all(type(k) is str for k in arguments)):
+        return _built(ToolCallBlock, {"type": "tool_call", "id": id, "name": name, "arguments": dict(arguments),
+                                      "invalid_arguments": invalid_arguments}, set(_CALL_FIELDS))
+    return ToolCallBlock(id=id, name=name, arguments=arguments, invalid_arguments=invalid_arguments)
+
+
 class ToolResultBlock(BaseModel):
     """What a tool returned (text, or text and images), for the call ``tool_call_id``; ``is_error`` when it failed."""
 
@@ -84,6 +122,18 @@ class ToolResultBlock(BaseModel):
         if isinstance(self.content, str):
             return self.content
         return "".join(b.text for b in self.content if isinstance(b, TextBlock))
+
+
+_RESULT_FIELDS = {"tool_call_id", "content", "is_error", "name"}
+
+
+def tool_result_block(tool_call_id: str, name: str | None, content: Any, is_error: bool = False) -> ToolResultBlock:
+    """``ToolResultBlock(...)``, without validation when every value already has its field's type."""
+    if (type(tool_call_id) is str and (name is None or type(name) is str) and type(content) is str
+            and type(is_error) is bool):
+        return _built(ToolResultBlock, {"type": "tool_result", "tool_call_id": tool_call_id, "content": content,
+                                        "is_error": is_error, "name": name}, set(_RESULT_FIELDS))
+    return ToolResultBlock(tool_call_id=tool_call_id, name=name, content=content, is_error=is_error)
 
 
 class ThinkingBlock(BaseModel):
@@ -129,6 +179,9 @@ class Message(BaseModel):
 
     @classmethod
     def user(cls, text: str = "", *, images: Sequence[ImageBlock] = ()) -> Message:
+        if cls is Message and not images and type(text) is str:  # the common case, already valid
+            return _built(Message, {"role": "user", "content": [text_block(text)] if text else []},
+                          {"role", "content"})
         blocks: list[ContentBlock] = [TextBlock(text=text)] if text else []
         blocks.extend(images)
         return cls(role="user", content=blocks)
@@ -141,7 +194,10 @@ class Message(BaseModel):
 
     @classmethod
     def tool_results(cls, results: Sequence[ToolResultBlock]) -> Message:
-        return cls(role="tool", content=list(results))
+        content: list[ContentBlock] = list(results)
+        if cls is Message and all(type(r) is ToolResultBlock for r in content):
+            return _built(Message, {"role": "tool", "content": content}, {"role", "content"})
+        return cls(role="tool", content=content)
 
     @property
     def text(self) -> str:
@@ -181,11 +237,11 @@ class Usage(BaseModel):
     def __add__(self, other: Usage) -> Usage:
         if not isinstance(other, Usage):
             return NotImplemented
-        return Usage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            cache_read_input_tokens=self.cache_read_input_tokens + other.cache_read_input_tokens,
-            cache_write_input_tokens=self.cache_write_input_tokens + other.cache_write_input_tokens,
+        return usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_input_tokens + other.cache_read_input_tokens,
+            self.cache_write_input_tokens + other.cache_write_input_tokens,
         )
 
     @property
@@ -196,6 +252,20 @@ class Usage(BaseModel):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.output_tokens
+
+
+_USAGE_FIELDS = {"input_tokens", "output_tokens", "cache_read_input_tokens", "cache_write_input_tokens"}
+
+
+def usage(input_tokens: Any, output_tokens: Any, cache_read: Any = 0, cache_write: Any = 0) -> Usage:
+    """``Usage(...)`` from four counts; validated (and coerced) unless they are all plain ``int``s already."""
+    if type(input_tokens) is int and type(output_tokens) is int and type(cache_read) is int \
+            and type(cache_write) is int:
+        return _built(Usage, {"input_tokens": input_tokens, "output_tokens": output_tokens,
+                              "cache_read_input_tokens": cache_read, "cache_write_input_tokens": cache_write},
+                      set(_USAGE_FIELDS))
+    return Usage(input_tokens=input_tokens, output_tokens=output_tokens, cache_read_input_tokens=cache_read,
+                 cache_write_input_tokens=cache_write)
 
 
 class Response(BaseModel):
@@ -222,7 +292,31 @@ class Response(BaseModel):
     @property
     def message(self) -> Message:
         """The answer as an assistant message, to append to a transcript."""
-        return Message(role="assistant", content=list(self.content))
+        content = list(self.content)
+        if all(type(b) in _BLOCK_TYPES for b in content):  # blocks are immutable: shared, as validation would
+            return _built(Message, {"role": "assistant", "content": content}, {"role", "content"})
+        return Message(role="assistant", content=content)
+
+
+_BLOCK_TYPES = frozenset({TextBlock, ImageBlock, ToolCallBlock, ToolResultBlock, ThinkingBlock})
+_RESPONSE_FIELDS = {"content", "stop_reason", "raw_stop_reason", "usage", "model", "id", "provider", "latency"}
+
+
+def response(
+    content: list[ContentBlock], stop_reason: StopReason, raw_stop_reason: Any, usage: Usage, model: Any, id: Any,
+    provider: str, latency: float,
+) -> Response:
+    """``Response(...)`` from an adapter's parts: ``content`` holds neutral blocks and ``stop_reason`` a
+    normalised reason (the adapter's own); the provider's values (raw stop reason, model, id) are validated
+    unless they already are ``str`` (or None)."""
+    if (type(model) is str and (id is None or type(id) is str)
+            and (raw_stop_reason is None or type(raw_stop_reason) is str) and type(usage) is Usage
+            and type(latency) is float and all(type(b) in _BLOCK_TYPES for b in content)):
+        return _built(Response, {"content": content, "stop_reason": stop_reason, "raw_stop_reason": raw_stop_reason,
+                                 "usage": usage, "model": model, "id": id, "provider": provider,
+                                 "latency": latency}, set(_RESPONSE_FIELDS))
+    return Response(content=content, stop_reason=stop_reason, raw_stop_reason=raw_stop_reason, usage=usage,
+                    model=model, id=id, provider=provider, latency=latency)
 
 
 # --- tool specs ---------------------------------------------------------------------------------------
