@@ -46,7 +46,7 @@ class NodeFailed(GraphError):
     """A tracked node's visit did not succeed: its task run ends Failed with the node's error."""
 
 
-@task(name="graph-node", cache_policy=NO_CACHE, retries=0, persist_result=False)
+@task(name="graph-node", task_run_name="{node}#{visit}", cache_policy=NO_CACHE, retries=0, persist_result=False)
 async def run_node(node: str, visit: int, token: str) -> str:
     """One visit of a tracked node (its modules, the engine's retries included); its status."""
     forward_core_logs()
@@ -70,8 +70,8 @@ def prefect_node_runner(is_tracked: Callable[[Node], bool] = tracked) -> NodeRun
             token = f"{context.run_id}:{context.node}:{context.visit}:{next(_tokens)}"
             _calls[token] = call
         try:
-            named: Any = run_node.with_options(task_run_name=f"{context.node}#{context.visit}")
-            await named(context.node, context.visit, token, return_state=True)  # Prefect types it as a State
+            # The run name comes from the task's template, not with_options (a task copy: ~0.4 ms per visit).
+            await run_node(context.node, context.visit, token, return_state=True)  # type: ignore[misc]
             result = _results.pop(token, None)
         finally:
             _calls.pop(token, None)
