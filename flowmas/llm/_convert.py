@@ -104,15 +104,44 @@ class ConvertedMessages(Generic[T]):
         return value
 
 
+def build_chain(
+    messages: Sequence[Message], memo: dict[str, Any], key: str, convert: Callable[[Message], T],
+    add: Callable[[list[Any], T], None],
+) -> list[Any]:
+    """``ConvertedMessages.build`` for the requests of one tool chain (``client.request_memo``): their messages
+    only grow, so the previous turn's result (kept in ``memo[key]``, with how many messages it holds) is extended
+    by the new messages, converted once each, without the identity cache's per-message bookkeeping. The caller
+    may replace items of the returned list (the kept one is a copy), never change the dicts in it."""
+    entry = memo.get(key)
+    if entry is not None and entry[0] <= len(messages):
+        out = list(entry[1])
+        new = messages[entry[0]:]
+    else:
+        out, new = [], messages
+    for message in new:
+        add(out, convert(message))
+    memo[key] = (len(messages), list(out))
+    return out
+
+
 def merge_role(out: list[dict[str, Any]], item: dict[str, Any] | None) -> None:
     """``build`` step for protocols that need alternating turns (Anthropic, Bedrock): a converted message dict
-    (None: nothing to send) is appended, or merged into the previous turn of its role (a new dict)."""
+    (None: nothing to send) is appended, or merged into the previous turn of its role (a new dict; a string
+    content is taken as its one text block)."""
     if item is None:
         return
     if out and out[-1]["role"] == item["role"]:
-        out[-1] = {"role": item["role"], "content": out[-1]["content"] + item["content"]}
+        out[-1] = {"role": item["role"], "content": _as_blocks(out[-1]["content"]) + _as_blocks(item["content"])}
     else:
         out.append(item)
+
+
+def _as_blocks(content: Any) -> list[Any]:
+    """A converted message's content as a block list: a string content (Anthropic's shorthand for one text block)
+    as that block."""
+    if type(content) is str:
+        return [{"type": "text", "text": content}]
+    return list(content)
 
 
 def merge_roles(converted: list[dict[str, Any] | None]) -> list[dict[str, Any]]:

@@ -3,11 +3,14 @@
 Translation, both ways:
 - system → ``system`` text blocks; ``tool`` messages → ``user`` turns of ``tool_result`` blocks; neighbouring
   turns of one role are merged (tool results stay first); empty text blocks are dropped (the API rejects them).
+  A message of one text block is sent with its text as ``content`` (the API's shorthand for that block) unless
+  a cache breakpoint goes on it; tool results whose content is text are sent as a string likewise.
 - tools → ``{name, description, input_schema}``; ``tool_choice`` "auto" | "any" | "none" | a name →
   ``{"type": "auto"|"any"|"none"}`` / ``{"type": "tool", "name": …}``; ``stop`` → ``stop_sequences``.
 - ``temperature``/``top_p``: the installed SDK's ``messages.create`` has no such parameters, so they go in the
   body (``extra_body``) only when given; a server that refuses them answers 400 (raised, as always).
-- prompt caching (``caching=True``, the default): breakpoints by ``caching.place_breakpoints``.
+- prompt caching (``caching=True``, the default): breakpoints by ``caching.place_breakpoints``'s rule
+  (tools and system marked once per tool chain, each turn's last message and previous user turn).
 - ``thinking=N`` (Asimov's option) → ``{"type": "enabled", "budget_tokens": N}`` with ``max_tokens + N`` sent;
   a dict is sent as is (e.g. ``{"type": "adaptive"}``). Signed thinking blocks are kept in the transcript and
   sent back in tool loops, as the API requires; leave ``temperature`` unset with thinking.
@@ -32,10 +35,10 @@ import anthropic
 import httpx2
 
 from flowmas.errors import ConfigurationError, LLMConnectionError, LLMError, LLMProtocolError, LLMTimeoutError
-from flowmas.llm._convert import ConvertedMessages, merge_role, merge_roles
+from flowmas.llm._convert import ConvertedMessages, build_chain, merge_role, merge_roles
 from flowmas.llm._http import parse_retry_after, status_error
-from flowmas.llm.caching import place_new_breakpoints
-from flowmas.llm.client import BaseClient, Request
+from flowmas.llm.caching import place_message_breakpoints, place_new_breakpoints
+from flowmas.llm.client import BaseClient, Request, request_memo
 from flowmas.llm.retry import RetryPolicy
 from flowmas.llm.streaming import StreamAssembler
 from flowmas.llm.types import (
@@ -110,10 +113,25 @@ def message_param(message: Message) -> dict[str, Any] | None:
     """One message as a Messages-API message dict, or None when it sends nothing (system text, no blocks)."""
     if message.role == "system":
         return None
-    blocks = [p for p in (_block_param(b) for b in message.content) if p is not None]
+    blocks = []
+    for block in message.content:
+        param = _block_param(block)
+        if param is not None:
+            blocks.append(param)
     if not blocks:
         return None
     return {"role": "assistant" if message.role == "assistant" else "user", "content": blocks}
+
+
+def wire_message(message: Message) -> dict[str, Any] | None:
+    """``message_param`` as sent: a message of one text block has its text as its ``content`` (the API's shorthand
+    for exactly that block; fewer structures for the SDK to copy and encode on every call). A breakpoint placed
+    on it turns it back into the block (``caching``)."""
+    content = message.content
+    if len(content) == 1 and type(content[0]) is TextBlock and message.role != "system":
+        text = content[0].text
+        return {"role": "assistant" if message.role == "assistant" else "user", "content": text} if text else None
+    return message_param(message)
 
 
 def build_messages(
@@ -121,9 +139,12 @@ def build_messages(
 ) -> list[dict[str, Any]]:
     """The request's messages as Messages-API dicts (roles merged; system messages left out). With ``cache`` each
     message is converted once and its dict is shared between calls: change one by replacing it in the list."""
+    memo = request_memo(request)
+    if memo is not None:  # a tool chain's turn: the previous turn's messages and the new ones
+        return build_chain(request.messages, memo, "anthropic.messages", wire_message, merge_role)
     if cache is not None:
         return cache.build(request.messages, merge_role)
-    return merge_roles([message_param(m) for m in request.messages])
+    return merge_roles([wire_message(m) for m in request.messages])
 
 
 def build_params(
@@ -133,9 +154,29 @@ def build_params(
     thinking: Mapping[str, Any] | None = None,
     cache: ConvertedMessages[dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "model": request.model, "max_tokens": request.max_tokens, "messages": build_messages(request, cache),
-    }
+    """The ``messages.create`` arguments. A tool chain's later turns (``request_memo``) reuse the first turn's
+    parameters other than the messages (tools and system already marked for caching): only messages change."""
+    memo = request_memo(request)
+    entry = memo.get("anthropic") if memo is not None else None
+    if entry is not None and entry[0] == caching and entry[1] is thinking:
+        static: dict[str, Any] = entry[2]
+    else:
+        static = _static_params(request, caching, thinking)
+        if memo is not None:
+            memo["anthropic"] = (caching, thinking, static)
+    messages = build_messages(request, cache)
+    if caching:  # the tools and system blocks carry theirs already
+        reuse = memo.setdefault("anthropic.marked", [None, None]) if memo is not None else None
+        place_message_breakpoints(messages, reuse)
+    params = dict(static)
+    params["messages"] = messages
+    return params
+
+
+def _static_params(request: Request, caching: bool, thinking: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Every parameter but ``messages``; tools and system blocks marked (caching rules 1 and 2). Shared between
+    the turns of a tool chain: never mutated once built (the SDK only reads it)."""
+    params: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens}
     if thinking is not None:
         params["thinking"] = dict(thinking)
         budget = thinking.get("budget_tokens")
@@ -149,7 +190,7 @@ def build_params(
         for t in request.tools
     ] if request.tools else []
     if caching:
-        place_new_breakpoints(tools, system, params["messages"])  # all built here: none marked yet
+        place_new_breakpoints(tools, system, [])  # all built here: none marked yet
     if system:
         params["system"] = system
     if tools:
@@ -229,7 +270,7 @@ class AnthropicClient(BaseClient[Any]):
         self.caching = caching
         self._default_headers = dict(default_headers or {})
         self._sdk_options = dict(sdk_options or {})
-        self._converted: ConvertedMessages[dict[str, Any] | None] = ConvertedMessages(message_param)
+        self._converted: ConvertedMessages[dict[str, Any] | None] = ConvertedMessages(wire_message)
 
     def _sdk_timeout(self) -> anthropic.Timeout:
         return anthropic.Timeout(self.timeout, connect=self.connect_timeout)

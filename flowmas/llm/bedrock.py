@@ -56,9 +56,9 @@ from flowmas.errors import (
     LLMProtocolError,
     LLMTimeoutError,
 )
-from flowmas.llm._convert import ConvertedMessages, merge_role, merge_roles
+from flowmas.llm._convert import ConvertedMessages, build_chain, merge_role, merge_roles
 from flowmas.llm._http import parse_retry_after, status_error
-from flowmas.llm.client import BaseClient, Request
+from flowmas.llm.client import BaseClient, Request, request_memo
 from flowmas.llm.retry import RetryPolicy
 from flowmas.llm.streaming import StreamAssembler
 from flowmas.llm.types import (
@@ -153,6 +153,9 @@ def build_messages(
 ) -> list[dict[str, Any]]:
     """The request's messages as Converse dicts (roles merged). With ``cache`` each message is converted once and
     its dict is shared between calls: change one by replacing it in the list."""
+    memo = request_memo(request)
+    if memo is not None:  # a tool chain's turn: the previous turn's messages and the new ones
+        return build_chain(request.messages, memo, "bedrock.messages", message_param, merge_role)
     if cache is not None:
         return cache.build(request.messages, merge_role)
     return merge_roles([message_param(m) for m in request.messages])
@@ -164,8 +167,36 @@ def build_params(
     caching: bool = False,
     cache: ConvertedMessages[dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
+    """The ``converse`` arguments. A tool chain's later turns (``request_memo``) reuse the first turn's parameters
+    other than the messages: only messages change."""
+    if request.tools and request.tool_choice == "none":
+        has_tool_blocks = any(
+            isinstance(b, ToolCallBlock | ToolResultBlock) for m in request.messages for b in m.content
+        )
+        if has_tool_blocks:
+            raise ConfigurationError(
+                "Bedrock Converse has no tool_choice 'none', and a conversation with tool calls needs its "
+                "tools: use tool_choice='auto'."
+            )
+    memo = request_memo(request)
+    entry = memo.get("bedrock") if memo is not None else None
+    if entry is not None and entry[0] == caching:
+        static: dict[str, Any] = entry[1]
+    else:
+        static = _static_params(request, caching)
+        if memo is not None:
+            memo["bedrock"] = (caching, static)
     messages = build_messages(request, cache)
-    params: dict[str, Any] = {"modelId": request.model, "messages": messages}
+    if caching and messages:  # a copy: message dicts may be shared between calls
+        messages[-1] = {**messages[-1], "content": [*messages[-1]["content"], dict(_CACHE_POINT)]}
+    params = dict(static)
+    params["messages"] = messages
+    return params
+
+
+def _static_params(request: Request, caching: bool) -> dict[str, Any]:
+    """Every parameter but ``messages``; shared between the turns of a tool chain, never mutated once built."""
+    params: dict[str, Any] = {"modelId": request.model}
     system_text = request.system_text()
     if system_text:
         params["system"] = [{"text": system_text}] + ([dict(_CACHE_POINT)] if caching else [])
@@ -177,31 +208,19 @@ def build_params(
     if request.stop:
         inference["stopSequences"] = list(request.stop)
     params["inferenceConfig"] = inference
-    if request.tools:
-        if request.tool_choice == "none":
-            has_tool_blocks = any(
-                isinstance(b, ToolCallBlock | ToolResultBlock) for m in request.messages for b in m.content
-            )
-            if has_tool_blocks:
-                raise ConfigurationError(
-                    "Bedrock Converse has no tool_choice 'none', and a conversation with tool calls needs its "
-                    "tools: use tool_choice='auto'."
-                )
-        else:
-            tools: list[dict[str, Any]] = []
-            for t in request.tools:
-                spec: dict[str, Any] = {"name": t.name, "inputSchema": {"json": t.input_schema}}
-                if t.description:
-                    spec["description"] = t.description
-                tools.append({"toolSpec": spec})
-            if caching:
-                tools.append(dict(_CACHE_POINT))
-            choice: dict[str, Any] = (
-                {"tool": {"name": request.forced_tool}} if request.forced_tool else {request.tool_choice: {}}
-            )
-            params["toolConfig"] = {"tools": tools, "toolChoice": choice}
-    if caching and messages:  # a copy: message dicts may be shared between calls
-        messages[-1] = {**messages[-1], "content": [*messages[-1]["content"], dict(_CACHE_POINT)]}
+    if request.tools and request.tool_choice != "none":
+        tools: list[dict[str, Any]] = []
+        for t in request.tools:
+            spec: dict[str, Any] = {"name": t.name, "inputSchema": {"json": t.input_schema}}
+            if t.description:
+                spec["description"] = t.description
+            tools.append({"toolSpec": spec})
+        if caching:
+            tools.append(dict(_CACHE_POINT))
+        choice: dict[str, Any] = (
+            {"tool": {"name": request.forced_tool}} if request.forced_tool else {request.tool_choice: {}}
+        )
+        params["toolConfig"] = {"tools": tools, "toolChoice": choice}
     return params
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import math
 import re
 import weakref
@@ -64,6 +65,7 @@ from flowmas.llm.types import (
     Usage,
     to_messages,
 )
+from flowmas.llm.types import usage as make_usage
 
 NUDGE = (
     "You answered without calling a tool. Continue the task by calling one of the tools; "
@@ -356,9 +358,8 @@ class BaseClient(abc.ABC, Generic[SDK]):
 
     async def _run_complete(self, request: Request) -> Response:
         if telemetry.active() is None:  # no tracer provider configured: no span to make
-            return await self.retry.run(
-                lambda attempt: self._complete(request, attempt), what=f"{self.provider} {request.model}"
-            )
+            return await self.retry.run(functools.partial(self._complete, request),
+                                        what=f"{self.provider} {request.model}")
         with telemetry.span(f"chat {request.model}", self._span_attributes(request)) as current:
             response = await self.retry.run(
                 lambda attempt: self._complete(request, attempt), what=f"{self.provider} {request.model}"
@@ -478,11 +479,13 @@ class BaseClient(abc.ABC, Generic[SDK]):
         by_name = index_tools(tools)
         specs = [t.spec for t in by_name.values()]
         transcript = to_messages(messages)
-        first = self.build_request(
+        first = _chain_request(self.build_request(
             transcript, tools=specs, tool_choice=tool_choice, max_tokens=max_tokens, temperature=temperature,
             top_p=top_p, stop=stop, system=system, timeout=timeout,
-        )
-        usage = Usage()
+        ))
+        what = f"{self.provider} {first.model}"
+        # usage summed as plain ints (what Usage.__add__ does), made a Usage where the chain ends
+        tokens_in = tokens_out = cache_read = cache_write = 0
         response: Response | None = None
         spans = telemetry.active() is not None
         attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.system": self.provider,
@@ -490,24 +493,46 @@ class BaseClient(abc.ABC, Generic[SDK]):
         with telemetry.span("invoke_agent tool_chain", attributes) if spans else _NO_SPAN as chain_span:
             for iteration in range(1, max_iterations + 1):
                 request = first if iteration == 1 else _with_messages(first, transcript)
-                response = await self._turn(request, middlewares)
-                usage = usage + response.usage
+                if middlewares:
+                    response = await self._turn(request, middlewares)
+                elif telemetry.active() is None:  # _run_complete without a span, one coroutine less
+                    response = await self.retry.run(functools.partial(self._complete, request), what=what)
+                else:
+                    response = await self._run_complete(request)
+                turn_usage = response.usage
+                tokens_in += turn_usage.input_tokens
+                tokens_out += turn_usage.output_tokens
+                cache_read += turn_usage.cache_read_input_tokens
+                cache_write += turn_usage.cache_write_input_tokens
                 if response.content:
                     transcript.append(response.message)
                 calls = response.tool_calls
                 if not calls:
                     if not require_tool_call:
+                        usage = make_usage(tokens_in, tokens_out, cache_read, cache_write)
                         telemetry.record_usage(chain_span, usage)
                         return ToolChainResult(messages=transcript, usage=usage, response=response,
                                                iterations=iteration)
                     transcript.append(Message.user(NUDGE))
                     continue
-                results = await self._run_tools(calls, by_name, iteration, parallel_tool_calls, middlewares)
-                transcript.append(Message.tool_results([block for block, _ in results]))
-                if any(stopped for _, stopped in results):
+                if len(calls) == 1 and not middlewares and telemetry.active() is None:
+                    # one call, nothing to tell, no span: what _run_tools does, without its machinery
+                    call = calls[0]
+                    if call.invalid_arguments is None:
+                        block, stopped = await run_tool_call(call, by_name)
+                    else:
+                        block, stopped = _invalid_arguments(call), False
+                    transcript.append(Message.tool_results([block]))
+                else:
+                    results = await self._run_tools(calls, by_name, iteration, parallel_tool_calls, middlewares)
+                    transcript.append(Message.tool_results([block for block, _ in results]))
+                    stopped = any(stopped for _, stopped in results)
+                if stopped:
+                    usage = make_usage(tokens_in, tokens_out, cache_read, cache_write)
                     telemetry.record_usage(chain_span, usage)
                     return ToolChainResult(messages=transcript, usage=usage, response=response,
                                            iterations=iteration, stopped_by_tool=True)
+            usage = make_usage(tokens_in, tokens_out, cache_read, cache_write)
             telemetry.record_usage(chain_span, usage)
         result = ToolChainResult(messages=transcript, usage=usage, response=response, iterations=max_iterations)
         raise ToolChainLimitError(
@@ -533,9 +558,7 @@ class BaseClient(abc.ABC, Generic[SDK]):
                 "gen_ai.tool.call.id": call.id,
             }) if spans else _NO_SPAN:
                 if call.invalid_arguments is not None:
-                    preview = call.invalid_arguments[:200]
-                    outcome = (ToolResultBlock(tool_call_id=call.id, name=call.name, is_error=True,
-                                               content=f"The arguments were not a JSON object: {preview!r}"), False)
+                    outcome = (_invalid_arguments(call), False)
                 else:
                     outcome = await run_tool_call(call, by_name)
             if middlewares:
@@ -581,6 +604,13 @@ class BaseClient(abc.ABC, Generic[SDK]):
 _NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 
+def _invalid_arguments(call: Any) -> ToolResultBlock:
+    """The error result of a call whose arguments were not a JSON object."""
+    preview = call.invalid_arguments[:200]
+    return ToolResultBlock(tool_call_id=call.id, name=call.name, is_error=True,
+                           content=f"The arguments were not a JSON object: {preview!r}")
+
+
 def _request(**fields: Any) -> Request:
     """``Request(**fields)`` without the frozen dataclass's per-field ``object.__setattr__`` (every field given)."""
     request = object.__new__(Request)
@@ -589,9 +619,32 @@ def _request(**fields: Any) -> Request:
 
 
 def _with_messages(request: Request, messages: Sequence[Message]) -> Request:
+    """A tool chain's next request: ``request`` (its first) with the transcript so far, which holds the first
+    request's messages followed by non-system ones only (answers, tool results, nudges). Every field but
+    ``messages`` is the first request's, so the first request's memo (``request_memo``) is shared."""
     fields = dict(request.__dict__)
     fields["messages"] = list(messages)
-    return _request(**fields)
+    request = object.__new__(Request)
+    request.__dict__.update(fields)
+    return request
+
+
+def _chain_request(request: Request) -> Request:
+    """``request`` (a tool chain's first) with an empty memo, shared by the chain's later requests."""
+    request.__dict__[_MEMO] = {}
+    return request
+
+
+_MEMO = "_chain_memo"
+
+
+def request_memo(request: Request) -> dict[str, Any] | None:
+    """The memo of a tool chain's requests (None for any other request): adapters keep what they derive from a
+    chain's fields other than ``messages`` (tool definitions, system text, options) there, under a key of their
+    own, and reuse it on the chain's later turns. Valid because those fields are the same for every request of
+    the chain, and the messages only grow by non-system messages (so the system text stays the same too)."""
+    memo: dict[str, Any] | None = request.__dict__.get(_MEMO)
+    return memo
 
 
 async def _notify(middlewares: Sequence[Middleware], event: ChainEvent) -> None:

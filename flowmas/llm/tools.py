@@ -2,7 +2,9 @@
 
 - ``Tool.from_function(fn)`` (or the ``@tool`` decorator) builds the spec from type hints and the docstring and
   calls ``fn(**arguments)`` after validating (and coercing) the arguments with the same pydantic model; invalid
-  arguments become an error result the model sees.
+  arguments become an error result the model sees. (A signature of plain required ``str``/``int``/``float``/
+  ``bool`` parameters given exactly those keys with values of exactly those types skips the model: validation
+  would pass them unchanged.)
 - Asimov's shape ``(fn, schema_dict)`` is accepted: ``fn`` gets the arguments dict as its one argument.
 - Sync callables run in a worker thread (``asyncio.to_thread``; ``thread=False`` calls them on the loop, for
   trivial tools); async ones are awaited.
@@ -50,7 +52,7 @@ _STOP_SIGNALS = (StopToolChain, StopAsyncIteration)
 class Tool:
     """A tool the model may call: ``spec`` and the function behind it."""
 
-    __slots__ = ("_fields", "_is_async", "_model", "_takes_dict", "fn", "spec", "thread")
+    __slots__ = ("_fields", "_is_async", "_model", "_plain", "_takes_dict", "fn", "spec", "thread")
 
     def __init__(
         self,
@@ -66,6 +68,7 @@ class Tool:
         self.thread = thread
         self._model = arguments_model
         self._fields = tuple(arguments_model.model_fields) if arguments_model is not None else ()
+        self._plain: tuple[tuple[str, type], ...] | None = None  # set by from_function for its own models
         self._takes_dict = takes_dict
         self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - an async callable object
@@ -77,7 +80,9 @@ class Tool:
     ) -> Tool:
         """``thread=False`` calls a sync ``fn`` on the event loop (for trivial, non-blocking tools)."""
         parts, model = _spec_parts(fn, name=name, description=description)
-        return cls(ToolSpec(**parts), fn, arguments_model=model, thread=thread)
+        made = cls(ToolSpec(**parts), fn, arguments_model=model, thread=thread)
+        made._plain = _plain_fields(model)  # a model of default config built from the signature (not a caller's)
+        return made
 
     @classmethod
     def coerce(cls, value: Tool | tuple[Callable[..., Any], Any] | Callable[..., Any]) -> Tool:
@@ -102,8 +107,12 @@ class Tool:
         if self._takes_dict:
             call: Callable[[], Any] = lambda: self.fn(dict(arguments))  # noqa: E731
         elif self._model is not None:
-            validated = self._model.model_validate(dict(arguments))
-            kwargs = {name: getattr(validated, name) for name in self._fields}
+            kwargs = _plain_arguments(self._plain, arguments)
+            if kwargs is None:  # not the plain case: validated (and coerced) by the model
+                validated = self._model.model_validate(dict(arguments))
+                kwargs = {name: getattr(validated, name) for name in self._fields}
+            elif self._is_async:  # the common case, without the indirection below
+                return await self.fn(**kwargs)
             call = lambda: self.fn(**kwargs)  # noqa: E731
         else:
             call = lambda: self.fn(**arguments)  # noqa: E731
@@ -113,6 +122,47 @@ class Tool:
         if inspect.isawaitable(result):
             result = await result
         return result
+
+
+_PLAIN_TYPES = (str, int, float, bool)
+
+
+def _plain_fields(model: type[BaseModel] | None) -> tuple[tuple[str, type], ...] | None:
+    """``(name, type)`` of every field when all are required, plain ``str``/``int``/``float``/``bool`` without
+    constraints, aliases or validators (a signature like ``add(a: int, b: int)``); else None."""
+    if model is None or not model.model_fields:
+        return None
+    if model.model_config.get("strict") or getattr(model, "__pydantic_decorators__", None) is None:
+        return None
+    decorators = model.__pydantic_decorators__
+    if any((decorators.validators, decorators.field_validators, decorators.root_validators,
+            decorators.model_validators)):
+        return None
+    fields: list[tuple[str, type]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if (annotation not in _PLAIN_TYPES or info.metadata or not info.is_required() or info.alias is not None
+                or info.validation_alias is not None):
+            return None
+        fields.append((name, annotation))  # type: ignore[arg-type]
+    return tuple(fields)
+
+
+def _plain_arguments(plain: tuple[tuple[str, type], ...] | None, arguments: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The keyword arguments when ``arguments`` holds exactly the plain fields, each a value of exactly its type:
+    what validation would give (such values pass unchanged), without it. None: validate."""
+    if plain is None or type(arguments) is not dict or len(arguments) != len(plain):
+        return None
+    kwargs: dict[str, Any] = {}
+    for name, kind in plain:
+        value = arguments.get(name, _MISSING)
+        if type(value) is not kind:
+            return None
+        kwargs[name] = value
+    return kwargs
+
+
+_MISSING: Any = object()
 
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None) -> Any:
@@ -138,10 +188,19 @@ def encode_result(value: Any) -> str | list[TextBlock | ImageBlock]:
     """A tool's return value as tool-result content (see the module docstring)."""
     if isinstance(value, str):
         return value
+    if type(value) in _JSON_TYPES:  # neither blocks nor a list of them: skips the (slower) model class checks
+        return _json(value)
     if isinstance(value, (TextBlock, ImageBlock)):
         return [value]
     if isinstance(value, list) and value and all(isinstance(v, (TextBlock, ImageBlock)) for v in value):
         return list(value)
+    return _json(value)
+
+
+_JSON_TYPES = frozenset({int, float, bool, type(None), dict})
+
+
+def _json(value: Any) -> str:
     try:
         return orjson.dumps(value, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
     except (TypeError, orjson.JSONEncodeError):

@@ -35,12 +35,19 @@ def _built(cls: type[_M], values: dict[str, Any], fields_set: set[str]) -> _M:
     """An instance of ``cls`` from values that are already valid (``values`` holds every field), without
     validating them again: what ``model_construct`` does, minus its per-field bookkeeping (hot paths only; the
     callers check the types first and fall back to validation otherwise)."""
-    instance = cls.__new__(cls)
+    instance = _new(cls)
     _set(instance, "__dict__", values)
-    _set(instance, "__pydantic_fields_set__", fields_set)
-    _set(instance, "__pydantic_extra__", None)
-    _set(instance, "__pydantic_private__", None)
+    _set_fields_set(instance, fields_set)
+    _set_extra(instance, None)
+    _set_private(instance, None)
     return instance
+
+
+# BaseModel's slots, set through their descriptors (what object.__setattr__ ends up calling, minus the lookup)
+_new = object.__new__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -92,6 +99,7 @@ class ToolCallBlock(BaseModel):
 
 
 _CALL_FIELDS = {"id", "name", "arguments", "invalid_arguments"}
+_STR = frozenset({str})
 
 
 def tool_call_block(id: Any, name: Any, arguments: Any, invalid_arguments: Any = None) -> ToolCallBlock:
@@ -99,7 +107,7 @@ def tool_call_block(id: Any, name: Any, arguments: Any, invalid_arguments: Any =
     already have their fields' types (``str`` id and name, a ``dict`` with ``str`` keys)."""
     if (type(id) is str and type(name) is str and type(arguments) is dict
             and (invalid_arguments is None or type(invalid_arguments) is str)
-            and all(type(k) is str for k in arguments)):
+            and _STR.issuperset(map(type, arguments))):
         return _built(ToolCallBlock, {"type": "tool_call", "id": id, "name": name, "arguments": dict(arguments),
                                       "invalid_arguments": invalid_arguments}, set(_CALL_FIELDS))
     return ToolCallBlock(id=id, name=name, arguments=arguments, invalid_arguments=invalid_arguments)
@@ -125,6 +133,7 @@ class ToolResultBlock(BaseModel):
 
 
 _RESULT_FIELDS = {"tool_call_id", "content", "is_error", "name"}
+_RESULT_TYPE: frozenset[type] = frozenset({ToolResultBlock})
 
 
 def tool_result_block(tool_call_id: str, name: str | None, content: Any, is_error: bool = False) -> ToolResultBlock:
@@ -195,7 +204,7 @@ class Message(BaseModel):
     @classmethod
     def tool_results(cls, results: Sequence[ToolResultBlock]) -> Message:
         content: list[ContentBlock] = list(results)
-        if cls is Message and all(type(r) is ToolResultBlock for r in content):
+        if cls is Message and _RESULT_TYPE.issuperset(map(type, content)):
             return _built(Message, {"role": "tool", "content": content}, {"role", "content"})
         return cls(role="tool", content=content)
 
@@ -293,7 +302,7 @@ class Response(BaseModel):
     def message(self) -> Message:
         """The answer as an assistant message, to append to a transcript."""
         content = list(self.content)
-        if all(type(b) in _BLOCK_TYPES for b in content):  # blocks are immutable: shared, as validation would
+        if _BLOCK_TYPES.issuperset(map(type, content)):  # blocks are immutable: shared, as validation would
             return _built(Message, {"role": "assistant", "content": content}, {"role", "content"})
         return Message(role="assistant", content=content)
 
@@ -311,7 +320,7 @@ def response(
     unless they already are ``str`` (or None)."""
     if (type(model) is str and (id is None or type(id) is str)
             and (raw_stop_reason is None or type(raw_stop_reason) is str) and type(usage) is Usage
-            and type(latency) is float and all(type(b) in _BLOCK_TYPES for b in content)):
+            and type(latency) is float and _BLOCK_TYPES.issuperset(map(type, content))):
         return _built(Response, {"content": content, "stop_reason": stop_reason, "raw_stop_reason": raw_stop_reason,
                                  "usage": usage, "model": model, "id": id, "provider": provider,
                                  "latency": latency}, set(_RESPONSE_FIELDS))
