@@ -34,7 +34,7 @@ import base64
 import binascii
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["EXPIRE_DEPLOYMENT", "FileContent", "FilesAgent"]
 
 EXPIRE_DEPLOYMENT = "expire-files/default"
-DEFAULT_READ_MAX_BYTES = 300_000
 _WHITESPACE = re.compile(rb"[ \t\r\n]+")
 
 
@@ -77,14 +76,11 @@ class FilesAgent(AbstractAgent):
     """Session files with amfs:// URLs: upload (base64), read (URL params applied, capped), share, list, delete."""
 
     def __init__(self, context: AgentContext | None = None, *, files: FileService | None = None,
-                 container: Container | None = None, agent_id: str = "files",
-                 read_max_bytes: int | None = None) -> None:
+                 container: Container | None = None, agent_id: str = "files") -> None:
         project = context.project if context is not None else None
         settings = context.settings if context is not None else None
         self.files = files if files is not None else FileService.from_config(project=project, settings=settings)
         self.project_file = str(project.path) if project is not None and project.path is not None else None
-        configured = getattr(self.files, "read_max_bytes", None)
-        self.read_max_bytes = int(read_max_bytes or configured or DEFAULT_READ_MAX_BYTES)
         super().__init__(container=container, agent_id=agent_id)
 
     @action
@@ -113,17 +109,14 @@ class FilesAgent(AbstractAgent):
         encoding), at most maxBytes bytes: text when UTF-8, else base64; truncated says whether it was cut."""
         if maxBytes is not None and maxBytes < 1:
             raise InvalidArgumentsError("maxBytes must be at least 1.")
-        cap = min(maxBytes or self.read_max_bytes, self.read_max_bytes)
         with _answers():
-            metadata = await self.files.get_metadata(url, sessionId)
-            data, truncated = await _read_capped(self.files.open_stream(url, sessionId), cap)
-        text = _as_text(data, truncated)
-        mime = metadata.get("mime_type")
-        if text is not None:
-            return FileContent(url=url, content=text, encoding="text", bytes=len(text.encode()), truncated=truncated,
-                               max_bytes=cap, mime_type=mime)
-        return FileContent(url=url, content=base64.b64encode(data).decode("ascii"), encoding="base64",
-                           bytes=len(data), truncated=truncated, max_bytes=cap, mime_type=mime)
+            read = await self.files.read_capped(url, sessionId, maxBytes)
+        if read.text is not None:
+            return FileContent(url=url, content=read.text, encoding="text", bytes=len(read.text.encode()),
+                               truncated=read.truncated, max_bytes=read.max_bytes, mime_type=read.mime_type)
+        return FileContent(url=url, content=base64.b64encode(read.data).decode("ascii"), encoding="base64",
+                           bytes=len(read.data), truncated=read.truncated, max_bytes=read.max_bytes,
+                           mime_type=read.mime_type)
 
     @action
     async def share_file(self, url: str, sessionId: str, ttl: float) -> str:
@@ -178,32 +171,3 @@ def _decode_base64(content: str) -> bytes:
         raise InvalidArgumentsError(
             "content is not valid base64: send the file's bytes base64-encoded (standard alphabet A-Z a-z 0-9 + /, "
             "'=' padding).") from None
-
-
-async def _read_capped(chunks: AsyncIterator[bytes], cap: int) -> tuple[bytes, bool]:
-    """At most ``cap`` bytes of ``chunks``, and whether there were more; the stream is closed either way."""
-    kept = bytearray()
-    truncated = False
-    try:
-        async for chunk in chunks:
-            room = cap - len(kept)
-            if len(chunk) > room:
-                kept += chunk[:room]
-                truncated = True
-                break
-            kept += chunk
-    finally:
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
-    return bytes(kept), truncated
-
-
-def _as_text(data: bytes, truncated: bool) -> str | None:
-    """``data`` as text if it is UTF-8 (a character the cap cut in two is dropped), else None."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if truncated and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
-            return data[: exc.start].decode("utf-8")
-        return None

@@ -6,6 +6,6 @@ Prefect nor FastAPI: the faces (tasks, flows, blocks, the OPACA agent, the CLI) 
 """
 
 from flowmas.files.metadata import FileMetadata
-from flowmas.files.service import ExpiryReport, FileService
+from flowmas.files.service import CappedRead, ExpiryReport, FileService
 
-__all__ = ["ExpiryReport", "FileMetadata", "FileService"]
+__all__ = ["CappedRead", "ExpiryReport", "FileMetadata", "FileService"]

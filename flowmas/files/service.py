@@ -149,6 +149,20 @@ class ExpiryReport:
         return text
 
 
+
+@dataclass(frozen=True)
+class CappedRead:
+    """At most ``max_bytes`` of a file, its URL's params applied: what goes into a prompt (``read_capped``)."""
+
+    data: bytes
+    text: str | None
+    """``data`` as text when it is UTF-8 (a character the cap cut in two left out), else None: send base64."""
+    truncated: bool
+    """True when the file (after its params) had more bytes than ``max_bytes``."""
+    max_bytes: int
+    mime_type: str | None
+
+
 @dataclass(frozen=True)
 class _Access:
     """A file an operation may touch, as read once (``version`` is what a compare-and-swap compares)."""
@@ -583,7 +597,7 @@ class FileService:
         async for chunk in self._content(access):
             yield chunk
 
-    async def _content(self, access: _Access) -> AsyncIterator[bytes]:
+    async def _content(self, access: _Access) -> AsyncGenerator[bytes, None]:
         metadata = access.metadata
         if not access.params:
             stream = self.storage.read(metadata.key)
@@ -610,6 +624,31 @@ class FileService:
         """The whole file (read params applied) in memory, whatever its size: see the module docstring."""
         access = await self._access(url, session_id, share_allowed=True)
         return b"".join([chunk async for chunk in self._content(access)])
+
+    async def read_capped(self, url: str, session_id: str | None, max_bytes: int | None = None) -> CappedRead:
+        """At most ``max_bytes`` (default and most: ``read_max_bytes``) of the file, read params applied, for an
+        LLM's context: whether more was there, and the bytes as text when they are UTF-8."""
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
+                                      or max_bytes < 1):
+            raise ConfigurationError(f"max_bytes must be a whole number of bytes, at least 1; got {max_bytes!r}.")
+        cap = min(max_bytes or self.read_max_bytes, self.read_max_bytes)
+        access = await self._access(url, session_id, share_allowed=True)
+        kept = bytearray()
+        truncated = False
+        chunks = self._content(access)
+        try:
+            async for chunk in chunks:
+                room = cap - len(kept)
+                if len(chunk) > room:
+                    kept += chunk[:room]
+                    truncated = True
+                    break
+                kept += chunk
+        finally:
+            await chunks.aclose()
+        data = bytes(kept)
+        return CappedRead(data=data, text=_utf8_text(data, truncated), truncated=truncated, max_bytes=cap,
+                          mime_type=access.metadata.mime_type)
 
     async def download_to_file(self, url: str, destination: str | os.PathLike[str], session_id: str | None) -> Path:
         """Write the file (read params applied) to ``destination``, atomically: a reader of ``destination``
@@ -924,6 +963,9 @@ class FileService:
     def download_to_file_sync(self, url: str, destination: str | os.PathLike[str], session_id: str | None) -> Path:
         return self._run(self.download_to_file(url, destination, session_id))
 
+    def read_capped_sync(self, url: str, session_id: str | None, max_bytes: int | None = None) -> CappedRead:
+        return self._run(self.read_capped(url, session_id, max_bytes))
+
     def open_stream_sync(self, url: str, session_id: str | None) -> Iterator[bytes]:
         """The chunks of ``open_stream``, pulled one at a time through the private loop."""
         stream = self.open_stream(url, session_id)
@@ -1143,3 +1185,13 @@ async def _settle(cleanup: Coroutine[Any, Any, None]) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - the original error matters more; the sweep cleans up after
         log.warning("Cleaning up a failed upload failed (%s); the expiry sweep will remove what is left.", exc)
+
+
+def _utf8_text(data: bytes, truncated: bool) -> str | None:
+    """``data`` as text if it is UTF-8 (a character a cap cut in two is left out), else None."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if truncated and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
+            return data[: exc.start].decode("utf-8")
+        return None

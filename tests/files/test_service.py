@@ -262,6 +262,29 @@ async def test_limits_are_enforced_while_streaming_and_leave_nothing(env: Env) -
     assert env.leftovers() == []
 
 
+async def test_read_capped_gives_at_most_the_cap_as_text_or_bytes_and_says_when_it_cut(env: Env) -> None:
+    fs = env.another(read_max_bytes=10)
+    text = await fs.upload_from_buffer("abcdefghié".encode() + b"xyz", "t.txt", "s")  # 'é' is bytes 10-11
+    binary = await fs.upload_from_buffer(b"\xff\xfe\x00binary", "b.bin", "s")
+    small = await fs.upload_from_buffer(b"line1\nline2\nline3\n", "s.txt", "s")
+
+    cut = await fs.read_capped(text["url"], "s")
+    assert (cut.data, cut.text, cut.truncated, cut.max_bytes) == (b"abcdefghi\xc3", "abcdefghi", True, 10)
+    assert (await fs.read_capped(text["url"], "s", max_bytes=1000)).max_bytes == 10  # never above the limit
+    raw = await fs.read_capped(binary["url"], "s")
+    assert raw.text is None and raw.data == b"\xff\xfe\x00binary" and not raw.truncated
+    head = await fs.read_capped(with_params(small["url"], head=1), "s", max_bytes=3)
+    assert (head.data, head.text, head.truncated, head.mime_type) == (b"lin", "lin", True, "text/plain")
+
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(ConfigurationError, match="max_bytes"):
+            await fs.read_capped(text["url"], "s", max_bytes=bad)  # type: ignore[arg-type]
+    with pytest.raises(FileServiceNotFoundError):
+        await fs.read_capped(text["url"], "another session")
+    assert len(await fs.list_files("s")) == 3 and await fs.download_to_buffer(text["url"], "s") == \
+        "abcdefghié".encode() + b"xyz"
+
+
 async def test_session_usage_is_counted_once_then_kept_by_the_services_own_changes(s3_server: S3Server) -> None:
     backend = _s3(s3_server)
     clock = Clock()
