@@ -6,7 +6,7 @@ the task, so no client object or token is ever a Prefect parameter, and tokens s
 Retries: the task makes one attempt per run (``manager.download(retry=False)``) and Prefect retries, with
 the counts and delays of the asset's declaration (``for_asset``), only when the error is transient
 (``flowmas.errors.is_transient``): a 503 is retried, a 401 or a checksum mismatch is not. A server's
-``Retry-After`` wins over a shorter planned delay (``transient_only`` waits the difference), as it does
+``Retry-After`` wins over a shorter planned delay (``tasks.retries.transient_only`` waits the difference), as it does
 in the core's own retry loop.
 
 Caching, and why a deleted file is never handed back: the cache key is the asset's identity (declaration
@@ -26,8 +26,6 @@ import hashlib
 import json
 import logging
 import re
-import time
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -35,16 +33,15 @@ from uuid import UUID
 
 from prefect import Task, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 
 from blocks.assets import FlowmasAssets
 from flowmas.assets.cleanup import Eviction, cleanup_cache, remove_expired_files
 from flowmas.assets.manager import AssetManager
 from flowmas.assets.manifest import AssetConfig
-from flowmas.errors import TransientError, explain, is_transient
-from flowmas.settings import FlowmasSettings
+from flowmas.errors import explain
 from tasks.logs import forward_core_logs
+from tasks.retries import transient_only
 
 log = logging.getLogger("flowmas.tasks")
 
@@ -67,40 +64,6 @@ def manager_for(project_file: str | None, cache_dir: str | None, lock_timeout_se
 
 
 # --- retries and caching --------------------------------------------------------------------------------
-
-
-def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect's ``retry_condition_fn``: retry only what ``flowmas.errors.is_transient`` says may pass.
-
-    Prefect plans retry delays before the run and cannot take a server's ``Retry-After`` into account;
-    when the server asked for longer than the planned delay, the difference is waited here (Prefect
-    calls this only when a retry is left), capped like the core's backoff.
-    """
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the condition decides on any failure
-        if not is_transient(exc):
-            return False
-        extra = _retry_after_beyond_plan(task, task_run, exc)
-        if extra > 0:
-            log.info("The server asked to retry after %.0f s; waiting %.1f s more than planned",
-                     cast(TransientError, exc).retry_after or 0, extra)
-            time.sleep(extra)
-        return True
-    return False
-
-
-def _retry_after_beyond_plan(task: Task[..., Any], task_run: TaskRun, exc: Exception) -> float:
-    retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-    if not retry_after:
-        return 0.0
-    delays = task.retry_delay_seconds or 0
-    if isinstance(delays, Sequence):  # Prefect's rule: the n-th retry waits delays[n], the last one repeats
-        planned = float(delays[min(max(task_run.run_count - 1, 0), len(delays) - 1)]) if delays else 0.0
-    else:
-        planned = float(delays)
-    cap = FlowmasSettings().max_retry_delay_seconds * 5
-    return max(0.0, min(float(retry_after), cap) - planned)
 
 
 def asset_identity_key(asset: AssetConfig, cache_root: str) -> str:

@@ -14,7 +14,7 @@ JSON-serialisable.
 No caching (``NO_CACHE``): Prefect's default policy would hand back the first result for the same inputs within a
 flow run, i.e. the metadata of a file uploaded before the path changed, or of a sweep that found nothing.
 
-Retries: Prefect retries a task only when ``transient_storage_error`` says the failure may pass (a network
+Retries: Prefect retries a task only when ``tasks.retries.transient_only`` says the failure may pass (a network
 error or an S3 5xx/throttle); a missing path, a file over the size limit or a bad configuration fails at once.
 flowmas's own log lines reach the run logs (``tasks.logs.forward_core_logs``).
 """
@@ -29,15 +29,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
 
 from flowmas.errors import ConfigurationError, is_transient
 from flowmas.files import ExpiryReport, FileService
 from flowmas.settings import FlowmasSettings, Project, load_project
 from flowmas.text import human_size, one_line, shorten
 from tasks.logs import forward_core_logs
+from tasks.retries import transient_only
 
 log = logging.getLogger("flowmas.tasks.files")
 
@@ -78,15 +78,6 @@ def transient_storage_error(exc: BaseException) -> bool:
     throttling or failing on its side). Everything else (a missing path, a size limit, credentials refused, a
     configuration mistake) is final."""
     return is_transient(exc)
-
-
-def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect's ``retry_condition_fn``: retry only what ``transient_storage_error`` says may pass."""
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the condition decides on any failure
-        return transient_storage_error(exc)
-    return False
 
 
 # --- tasks --------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ workspace; one on ``llm`` caps all of them. (The tag is per provider, so it is s
 Retries: the client makes one attempt per task run (``RetryPolicy(max_attempts=1)``) and Prefect retries (3
 retries, 2/10/30 s, jittered), only when ``flowmas.errors.is_transient`` says the failure may pass: a 429, a
 5xx/529, a timeout or a dropped connection is retried (a provider's ``retry-after`` longer than the planned
-delay is waited, as ``tasks.assets.transient_only`` does); a 400, 401, 404 or a context-window overflow fails
+delay is waited: ``tasks.retries.transient_only_async``); a 400, 401, 404 or a context-window overflow fails
 at once.
 
 Caching: none (``NO_CACHE``) unless asked: ``llm_call(..., cache=True)`` keys the result on the model's identity
@@ -29,7 +29,6 @@ total) and forgets it; ``usage_rows()`` reads it without writing. Rows and logs 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -38,18 +37,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from prefect import Task, task
+from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE, CachePolicy
-from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 
 from blocks.llm import ModelBlock, load_model_block
-from flowmas.errors import is_transient
 from flowmas.llm import Message, Response, ToolSpec, Usage
 from flowmas.llm.retry import NO_RETRIES
-from tasks.assets import _retry_after_beyond_plan
 from tasks.logs import forward_core_logs
+from tasks.retries import transient_only_async
 
 __all__ = ["UsageLedger", "ledger", "llm_call", "llm_call_task", "provider_tags", "resolve_model", "usage_rows",
            "write_usage_artifact"]
@@ -169,24 +166,6 @@ def write_usage_artifact(flow_run_id: str | None = None, *, key: str = USAGE_ART
     return rows
 
 
-async def transient_only(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect's ``retry_condition_fn`` (async, as the task is): retry only what ``is_transient`` says may pass;
-    a provider's ``retry-after`` longer than the planned delay is waited (``tasks.assets``'s rule)."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None:
-        try:
-            await state.aresult()
-        except Exception as raised:  # noqa: BLE001 - the condition decides on any failure
-            exc = raised
-    if not isinstance(exc, Exception) or not is_transient(exc):
-        return False
-    extra = _retry_after_beyond_plan(task, task_run, exc)
-    if extra > 0:
-        log.info("The provider asked to retry later; waiting %.1f s more than planned", extra)
-        await asyncio.sleep(extra)
-    return True
-
-
 # --- the task -----------------------------------------------------------------------------------------------
 
 
@@ -219,7 +198,7 @@ def llm_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 
 @task(name="llm-call", retries=len(RETRY_DELAYS), retry_delay_seconds=RETRY_DELAYS, retry_jitter_factor=0.2,
-      retry_condition_fn=transient_only, cache_policy=NO_CACHE, persist_result=False, tags=["llm"])
+      retry_condition_fn=transient_only_async, cache_policy=NO_CACHE, persist_result=False, tags=["llm"])
 async def llm_call_task(
     model: ModelBlock | str,
     messages: str | Sequence[Message | Mapping[str, Any]],
