@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import TaskRun
 
 from tests.servers.http_files import FileServer
 
@@ -46,3 +49,14 @@ def eventually(read: Callable[[], T], done: Callable[[T], bool], timeout: float 
         if done(value) or time.monotonic() > deadline:
             return value
         time.sleep(0.25)
+
+
+def final_task_runs(client: SyncPrefectClient, flow_run_id: Any, count: int = 1) -> list[TaskRun]:
+    """The flow run's task runs once at least ``count`` exist and all are final in the API.
+
+    The client reports a task run's states to the server as events, written after the flow returns, so a read
+    straight after the run can still see ``Running``."""
+    return eventually(
+        lambda: client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))),
+        lambda runs: len(runs) >= count and all(r.state is not None and r.state.is_final() for r in runs),
+    )

@@ -23,10 +23,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterId,
 )
-from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from blocks import FlowmasAssets, register_blocks
@@ -34,7 +31,7 @@ from flowmas.assets.manager import AssetManager
 from flowmas.settings import load_project
 from flows.assets import cleanup_cache, clear_asset_cache, download_assets, verify_assets
 from tasks.assets import download_asset
-from tests.prefect.support import DATA, PATH, eventually, http_asset, write_project
+from tests.prefect.support import DATA, PATH, eventually, final_task_runs, http_asset, write_project
 from tests.servers.http_files import FileServer, drop_after, ok, status
 
 pytestmark = pytest.mark.prefect
@@ -52,14 +49,6 @@ def _server(prefect_server: str) -> str:
 def client() -> Iterator[SyncPrefectClient]:
     with get_client(sync_client=True) as c:
         yield c
-
-
-def task_runs(client: SyncPrefectClient, flow_run_id: UUID) -> list[TaskRun]:
-    """The flow run's task runs, once all of them are final in the API."""
-    return eventually(
-        lambda: client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))),
-        lambda runs: bool(runs) and all(r.state is not None and r.state.is_final() for r in runs),
-    )
 
 
 def state_names(client: SyncPrefectClient, task_run_id: UUID) -> list[str]:
@@ -102,7 +91,7 @@ def test_transient_errors_are_retried_by_prefect_until_the_download_completes(
 
     assert state.is_completed(), state
     assert gets(http_server) == 3
-    [run] = task_runs(client, state.state_details.flow_run_id)
+    [run] = final_task_runs(client, state.state_details.flow_run_id)
     names = state_names(client, run.id)
     assert sum(n in ("Retrying", "AwaitingRetry") for n in names) == 2, names
     assert run.state.name == "Completed"
@@ -125,7 +114,7 @@ def test_an_authentication_error_is_not_retried_and_fails_the_flow(
     assert "1 of 1 assets failed to download:\n- model: Asset 'model': " in (state.message or "")
     assert "answered 401 Unauthorized" in (state.message or "")
     assert gets(http_server) == 1
-    [run] = task_runs(client, state.state_details.flow_run_id)
+    [run] = final_task_runs(client, state.state_details.flow_run_id)
     assert run.state.name == "Failed"
     assert not any(n in ("Retrying", "AwaitingRetry") for n in state_names(client, run.id))
     assert cached_path(project) is None
@@ -177,7 +166,7 @@ def test_a_rerun_is_cached_by_prefect_without_a_request(
     second = run_flow(download_assets, project_file=str(project))
 
     assert second.is_completed()
-    [run] = task_runs(client, second.state_details.flow_run_id)
+    [run] = final_task_runs(client, second.state_details.flow_run_id)
     assert run.state.name == "Cached"
     assert gets(http_server) == 1
     [row] = second.result()
@@ -197,13 +186,13 @@ def test_after_clear_asset_cache_a_rerun_downloads_again(
     again = run_flow(download_assets, project_file=str(project))
     assert again.is_completed()
     assert gets(http_server) == 2
-    [run] = task_runs(client, again.state_details.flow_run_id)
+    [run] = final_task_runs(client, again.state_details.flow_run_id)
     assert run.state.name == "Completed"
     [row] = again.result()
     assert row["status"] == "fetched" and Path(row["detail"]).read_bytes() == DATA
 
     third = run_flow(download_assets, project_file=str(project))
-    [run] = task_runs(client, third.state_details.flow_run_id)
+    [run] = final_task_runs(client, third.state_details.flow_run_id)
     assert run.state.name == "Cached" and gets(http_server) == 2
 
 
@@ -346,7 +335,7 @@ def test_tokens_never_reach_parameters_or_artifacts(
     assert state.is_completed(), state.message
     flow_run_id = state.state_details.flow_run_id
     flow_run = client.read_flow_run(flow_run_id)
-    runs = task_runs(client, flow_run_id)
+    runs = final_task_runs(client, flow_run_id)
     artifacts = client.read_artifacts(
         artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     assert {a.key for a in artifacts} >= {"download-assets", "download-assets-progress"}

@@ -24,8 +24,6 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterId,
 )
 from prefect.states import State
 from pydantic import SecretStr
@@ -37,7 +35,7 @@ from flowmas.files.storage.s3 import S3StorageManager
 from flowmas.settings import load_project
 from flows.files import expire_files, ingest_directory
 from tasks.files import ingest_files, transient_storage_error, upload_file
-from tests.prefect.support import REPO, eventually
+from tests.prefect.support import REPO, final_task_runs
 from tests.servers.s3 import CREDENTIALS, S3Server
 from up.deployments import read_deployments
 
@@ -161,9 +159,8 @@ def test_upload_and_ingest_tasks_in_a_flow(project: Path, tmp_path: Path, client
         assert sorted(md["filename"] for md in held) == ["a.csv", "b.txt", "c.txt", "single.json"]
         assert service.download_to_buffer_sync(result["first"][2]["url"], "flow-session") == b"sea"
     flow_run_id = state.state_details.flow_run_id
-    runs = eventually(
-        lambda: client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))),
-        lambda found: len(found) == 3 and all(r.state is not None and r.state.is_final() for r in found))
+    runs = final_task_runs(client, flow_run_id, 3)
+    assert len(runs) == 3
     assert sorted(r.name.split(" ")[0] for r in runs) == ["ingest", "ingest", "upload"]
     assert all(r.state is not None and r.state.name == "Completed" for r in runs)  # never "Cached"
 
@@ -190,9 +187,7 @@ def test_a_missing_path_fails_at_once_without_retries(project: Path, client: Syn
 
     assert state.is_failed()
     flow_run_id = state.state_details.flow_run_id
-    [run] = eventually(
-        lambda: client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))),
-        lambda found: bool(found) and all(r.state is not None and r.state.is_final() for r in found))
+    [run] = final_task_runs(client, flow_run_id)
     assert run.run_count == 1 and "no such file to upload" in str(run.state.message if run.state else "")
 
 

@@ -20,15 +20,14 @@ from uuid import UUID
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, FlowRunFilter
-from prefect.client.schemas.filters import FlowRunFilterId as Ids
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from flowmas.graph.loading import process_cache
 from flowmas.graph.runs import RUNS_NAMESPACE
 from flows.assets import cleanup_cache
 from flows.graph import ARTIFACT_KEY, run_agent_graph
 from tests.graph_faces import RUNS
-from tests.prefect.support import eventually, write_project
+from tests.prefect.support import final_task_runs, write_project
 
 pytestmark = pytest.mark.prefect
 
@@ -54,9 +53,7 @@ def artifact(client: SyncPrefectClient, flow_run_id: UUID) -> tuple[list[dict[st
 
 
 def task_run_names(client: SyncPrefectClient, flow_run_id: UUID, count: int) -> list[str]:
-    runs = eventually(lambda: client.read_task_runs(flow_run_filter=FlowRunFilter(id=Ids(any_=[flow_run_id]))),
-                      lambda found: len(found) >= count and all(r.state and r.state.is_final() for r in found))
-    return sorted(r.name for r in runs)
+    return sorted(r.name for r in final_task_runs(client, flow_run_id, count))
 
 
 def test_a_graph_run_is_one_flow_run_with_task_runs_for_tracked_nodes_only(client: SyncPrefectClient) -> None:

@@ -17,10 +17,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterId,
 )
-from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from pydantic import SecretStr
 
@@ -28,6 +25,7 @@ from blocks import AnthropicModel, BedrockModel, OpenAIModel, VertexModel, load_
 from flowmas.errors import ConfigurationError, LLMHTTPError
 from flowmas.llm import AnthropicClient, BedrockClient, OpenAIClient, VertexClient
 from tasks.llm import llm_call, usage_rows, write_usage_artifact
+from tests.prefect.support import final_task_runs
 from tests.servers.llm import Fault, LLMServer, Reply, Usage
 
 pytestmark = pytest.mark.prefect
@@ -46,10 +44,6 @@ def client() -> Iterator[SyncPrefectClient]:
 
 def openai_block(server: LLMServer, **extra: Any) -> OpenAIModel:
     return OpenAIModel(model="gpt-test", api_key=SecretStr("sk-test"), base_url=server.url + "/v1", **extra)
-
-
-def task_runs(client: SyncPrefectClient, flow_run_id: UUID) -> list[TaskRun]:
-    return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
 
 def artifact_rows(client: SyncPrefectClient, flow_run_id: UUID, key: str) -> list[dict[str, Any]]:
@@ -100,7 +94,7 @@ def test_a_429_is_retried_by_prefect_then_the_call_succeeds_tagged_per_provider(
     assert state.is_completed(), state
     assert state.result() == ["pong"]
     assert len(llm_server.requests) == 2  # the client made one attempt per run; Prefect retried once
-    [task_run] = task_runs(client, state.state_details.flow_run_id)
+    [task_run] = final_task_runs(client, state.state_details.flow_run_id)
     assert {"llm", "llm:openai"} <= set(task_run.tags)
     assert task_run.run_count == 2 and task_run.name == "llm openai/gpt-test"
 
@@ -114,7 +108,7 @@ def test_a_400_is_not_retried(llm_server: LLMServer, client: SyncPrefectClient) 
     with pytest.raises(LLMHTTPError, match="messages: bad"):
         state.result()
     assert len(llm_server.requests) == 1
-    [task_run] = task_runs(client, state.state_details.flow_run_id)
+    [task_run] = final_task_runs(client, state.state_details.flow_run_id)
     assert task_run.run_count == 1 and task_run.state is not None and task_run.state.is_failed()
 
 
