@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/api.py
 	$(VENV)/bin/python bench/files.py
 	$(VENV)/bin/python bench/graph.py
+	$(VENV)/bin/python bench/cache.py
 	$(VENV)/bin/python bench/llm.py
 
 $(UV):

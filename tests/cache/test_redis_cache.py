@@ -1,5 +1,5 @@
-"""What only ``RedisCache`` promises: its key scheme, its traffic (round trips and commands, counted by a
-recording connection on the real server: the session's Redis may be shared, so server-wide ``INFO
+"""What only ``RedisCache`` promises: its key scheme and index, its traffic (round trips and commands, counted by
+a recording connection on the real server: the session's Redis may be shared, so server-wide ``INFO
 commandstats`` deltas would count other clients), and that a namespace's cost ignores other namespaces' keys.
 """
 
@@ -75,6 +75,10 @@ async def test_the_key_scheme_is_the_documented_one(redis_url: str, root: str) -
     plain = redis.Redis.from_url(redis_url)
     assert sorted(plain.scan_iter(match=f"{root}*")) == sorted([
         f"{root}{{run-1}}:kv:node:a".encode(), f"{root}{{run-1}}:kv:blob".encode(),
+        f"{root}{{run-1}}:mb:agent:a1".encode(), f"{root}{{run-1}}:kv:k:s".encode(), f"{root}{{run-1}}:ix:".encode()])
+    indexed = plain.zrange(f"{root}{{run-1}}:ix:", 0, -1, withscores=True)
+    assert sorted(indexed) == sorted((name, float("inf")) for name in [
+        f"{root}{{run-1}}:kv:node:a".encode(), f"{root}{{run-1}}:kv:blob".encode(),
         f"{root}{{run-1}}:mb:agent:a1".encode(), f"{root}{{run-1}}:kv:k:s".encode()])
     assert plain.get(f"{root}{{run-1}}:kv:node:a") == b'{"x":1}'  # plain JSON, readable by any tool
     assert plain.get(f"{root}{{run-1}}:kv:blob") == b"\x00\x01"
@@ -109,14 +113,72 @@ async def test_get_many_is_one_round_trip(recorded: RedisCache) -> None:
     assert RECORDER.commands == ["MGET"]
 
 
-async def test_get_all_is_a_scan_plus_one_pipelined_read(recorded: RedisCache) -> None:
+async def test_writes_are_one_command_with_their_index_entry(recorded: RedisCache, redis_url: str,
+                                                             root: str) -> None:
+    for _ in range(2):  # the first round may load the scripts into Redis (NOSCRIPT, SCRIPT LOAD)
+        RECORDER.reset()
+        await recorded.set("k", 1)
+        await recorded.set("t", 1, ttl=30)
+        await recorded.publish_to_mailbox("m", 1)
+        assert await recorded.delete("k") is True
+    assert RECORDER.round_trips == 4
+    assert RECORDER.commands == ["EVALSHA"] * 4
+    plain = redis.Redis.from_url(redis_url)
+    [(name, score)] = plain.zrange(f"{root}{{run-1}}:ix:", 0, -1, withscores=True)[:1]
+    assert name == f"{root}{{run-1}}:kv:t".encode()
+    seconds, micros = plain.time()  # scored by Redis's clock: expiry = now + 30 s
+    assert abs(score - (seconds * 1000 + micros // 1000 + 30_000)) < 5_000
+    assert plain.zscore(f"{root}{{run-1}}:ix:", f"{root}{{run-1}}:mb:m") == float("inf")
+    plain.close()
+
+
+async def test_get_all_is_one_index_read_plus_one_pipelined_read(recorded: RedisCache) -> None:
     for i in range(30):
         await recorded.set(f"k{i}", i)
     RECORDER.reset()
     assert len(await recorded.get_all()) == 30
-    assert RECORDER.commands.count("MGET") == 1
-    assert set(RECORDER.commands) == {"SCAN", "MGET"}
-    assert RECORDER.round_trips == RECORDER.commands.count("SCAN") + 1
+    assert RECORDER.commands == ["ZRANGE", "MGET"]
+    assert RECORDER.round_trips == 2
+
+
+async def test_expired_and_consumed_names_leave_the_index_when_listed(
+        recorded: RedisCache, redis_url: str, root: str) -> None:
+    await recorded.set("short", 1, ttl=0.05)
+    await recorded.set("long", 2)
+    await recorded.publish_to_mailbox("box", "only")
+    assert await recorded.get_message("box", timeout=0) == "only"
+    plain = redis.Redis.from_url(redis_url)
+    index = f"{root}{{run-1}}:ix:"
+    assert plain.zcard(index) == 3
+    await asyncio.sleep(0.1)
+    assert await recorded.keys() == {"long"}
+    assert (await recorded.dump_namespace())["mailboxes"] == {}
+    assert plain.zrange(index, 0, -1) == [f"{root}{{run-1}}:kv:long".encode()]
+    plain.close()
+
+
+async def test_names_written_once_with_a_ttl_cannot_pile_up_in_the_index(
+        recorded: RedisCache, redis_url: str, root: str) -> None:
+    plain = redis.Redis.from_url(redis_url)
+    index = f"{root}{{run-1}}:ix:"
+    long_ago = time.time() * 1000 - 120_000
+    plain.zadd(index, {f"{root}{{run-1}}:kv:old{i}": long_ago for i in range(500)})  # expired two minutes ago
+    plain.zadd(index, {f"{root}{{run-1}}:kv:recent": time.time() * 1000 - 1_000})  # within the grace minute
+    await recorded.set("fresh", 1, ttl=60)
+    assert sorted(plain.zrange(index, 0, -1)) == [f"{root}{{run-1}}:kv:fresh".encode(),
+                                                  f"{root}{{run-1}}:kv:recent".encode()]
+    plain.close()
+
+
+async def test_a_name_written_again_while_a_listing_prunes_keeps_its_index_entry(
+        recorded: RedisCache, redis_url: str, root: str) -> None:
+    """The prune checks existence inside Redis, so a key recreated after the listing read it as gone stays."""
+    await recorded.set("k", 1, ttl=0.05)
+    await asyncio.sleep(0.1)
+    listed = await recorded._listed(("kv",))
+    await recorded.set("k", 2)  # written again between the read of the index and the prune
+    assert await recorded._alive([name for name, _ in listed]) == {f"{root}{{run-1}}:kv:k".encode()}
+    assert await recorded.keys() == {"k"}
 
 
 async def test_keys_clear_and_dump_never_send_keys_and_ignore_other_namespaces(
@@ -135,7 +197,9 @@ async def test_keys_clear_and_dump_never_send_keys_and_ignore_other_namespaces(
     assert await recorded.keys() == set()
     elapsed = time.monotonic() - started
     assert "KEYS" not in RECORDER.commands
-    assert set(RECORDER.commands) <= {"SCAN", "MULTI", "GET", "PTTL", "LRANGE", "EXEC", "UNLINK"}
+    listing = RECORDER.commands[:RECORDER.commands.index("SCAN")]  # keys() and the dump; then clear() scans
+    assert "SCAN" not in listing and set(listing) <= {"ZRANGE", "EVALSHA", "MULTI", "GET", "PTTL", "LRANGE", "EXEC"}
+    assert set(RECORDER.commands) <= {"ZRANGE", "EVALSHA", "SCAN", "MULTI", "GET", "PTTL", "LRANGE", "EXEC", "UNLINK"}
     assert plain.exists(f"{root}{{other}}:kv:k1", f"{root}{{other}}:kv:k100000") == 2
     assert elapsed < 10
     plain.eval("for i = 1, 100000 do redis.call('UNLINK', KEYS[1] .. i) end", 1, f"{root}{{other}}:kv:k")
@@ -149,7 +213,8 @@ async def test_load_namespace_is_one_transaction(recorded: RedisCache) -> None:
                                    "ttls": {"a": 5}})
     assert "MULTI" in RECORDER.commands and "EXEC" in RECORDER.commands
     after_scan = RECORDER.commands[RECORDER.commands.index("MULTI"):]
-    assert after_scan == ["MULTI", "UNLINK", "SET", "SET", "RPUSH", "EXEC"]
+    assert after_scan == ["MULTI", "UNLINK", "ZREM", "SET", "ZADD", "ZREMRANGEBYSCORE", "SET", "ZADD",
+                          "RPUSH", "ZADD", "EXEC"]
     assert await recorded.get_all() == {"a": 1, "b": 2}
 
 

@@ -231,6 +231,13 @@ async def test_entries_planted_by_hand_do_not_crash_listing_or_dumps(redis_url: 
     plain.rpush(f"{head}:mb:junk", "not json")       # a mailbox whose messages are not JSON
     plain.set(f"{head}:zz:other-kind", "1")          # not a kind flowmas writes
     plain.set(f"{head}:kv:", "1")                    # an empty key
+    plain.set(f"{head}:kv:unindexed", "1")           # written without its index entry: never listed
+    planted = ["a-list", "text", "zz:other-kind", ""]
+    plain.zadd(f"{head}:ix:", {**{f"{head}:kv:{k}": "inf" for k in planted},
+                               **{f"{head}:mb:{m}": "inf" for m in ("a-hash", "junk")},
+                               f"{root}{{other}}:kv:theirs": "inf",  # another namespace's name: ignored
+                               "not-a-flowmas-name\xff": "inf"})
+    plain.set(f"{root}{{other}}:kv:theirs", "1")
 
     assert await cache.keys() == {"good", "a-list", "text"}
     assert await cache.get_all() == {"good": {"ok": True}}  # unreadable entries are skipped (and logged)
@@ -249,7 +256,24 @@ async def test_entries_planted_by_hand_do_not_crash_listing_or_dumps(redis_url: 
     assert dump["raw"] == {"text": "aGVsbG8sIG5vdCBqc29u"}  # kept, as its bytes
     assert dump["mailboxes"] == {"box": [1]}
     await cache.clear()
-    assert list(plain.scan_iter(match=f"{root}*")) == []  # clear() empties the namespace, whatever wrote it
+    assert list(plain.scan_iter(match=f"{head}*")) == []  # clear() empties the namespace, whatever wrote it
+    assert plain.get(f"{root}{{other}}:kv:theirs") == b"1"
+    plain.close()
+    await cache.close()
+
+
+async def test_an_index_of_the_wrong_type_is_a_clear_error(redis_url: str, root: str) -> None:
+    cache = RedisCache(redis_url, namespace="run", key_root=root)
+    plain = redis.Redis.from_url(redis_url)
+    plain.set(f"{root}{{run}}:ix:", "not a sorted set")
+    with pytest.raises(CacheError, match=r"Redis at .* refused listing the namespace: WRONGTYPE"):
+        await cache.keys()
+    with pytest.raises(CacheError, match=r"refused writing 'k'.*WRONGTYPE"):
+        await cache.set("k", 1)
+    await cache.clear()  # clears whatever is there, the planted index included
+    assert list(plain.scan_iter(match=f"{root}{{run}}*")) == []
+    await cache.set("k", 1)
+    assert await cache.keys() == {"k"}
     plain.close()
     await cache.close()
 
