@@ -31,7 +31,7 @@ order (the callback sees the effective timeout and the client's ``Idempotency-Ke
    ``ContainerLoginToken`` header comes): else ``ActionFailedError`` with ``status_code`` **401** (the SDK's
    "Missing credentials" answer; a dedicated error would have needed a change of ``errors.py``);
 3. validation with the platform's rules, then conversion (``InvalidArgumentsError``, see ``validation``);
-4. the call: async callbacks on the loop, sync ones in this container's thread pool (``max_threads``, a
+4. the call: async callbacks on the loop, sync ones on this container's action threads (``max_threads``, a
    context copy each), so a sync action never blocks ``/info``;
 5. ``timeout`` seconds (``None``, zero, negative or not finite -> ``default_timeout``, 30 s as in the
    reference container): on expiry ``ActionTimeoutError`` at once; an async action is cancelled, a sync one
@@ -77,7 +77,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,6 +98,7 @@ from flowmas.errors import (
 )
 from flowmas.opaca.agent import LOGIN_TOKEN, AbstractAgent, ActionSpec, StreamSpec, _is_async, supports_login
 from flowmas.opaca.models import AgentContainer, AgentContainerImage, Login, LoginMsg, Message, StreamMode
+from flowmas.opaca.threads import ActionThreads
 from flowmas.opaca.validation import SchemaValidators, check_schema, show
 from flowmas.text import one_line, shorten
 
@@ -261,7 +261,7 @@ class Container:
                                                   f"not {default_timeout!r}.")
             self.default_timeout = float(default_timeout)
         self._max_threads = max(1, int(max_threads))
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ActionThreads | None = None
         self._lock = threading.RLock()
         self._agents: dict[str, AbstractAgent] = {}
         self._action_index: dict[str, AbstractAgent] = {}
@@ -513,18 +513,18 @@ class Container:
             return self.default_timeout
         return float(timeout)
 
-    def _pool(self) -> ThreadPoolExecutor:
+    def _pool(self) -> ActionThreads:
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(self._max_threads, thread_name_prefix="opaca-action")
+                    self._executor = ActionThreads(self._max_threads, name="opaca-action")
         return self._executor
 
     def close(self) -> None:
-        """Lets go of the thread pool (threads still running sync actions finish on their own)."""
+        """Lets go of the action threads (each finishes the calls already handed to it, then ends)."""
         executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+            executor.close()
 
     async def _run(self, callback: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,
                    is_async: bool, timeout: float | None, what: str, secret: bool = False) -> Any:
@@ -535,40 +535,77 @@ class Container:
         seconds = self._timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        future: asyncio.Future[Any]
-        if is_async:
-            try:
-                produced = callback(*args, **kwargs)
-            except Exception as exc:
-                raise self._failed(what, exc, secret=secret) from exc
-            if not inspect.isawaitable(produced):
-                return produced  # an async generator, or a callable that was not async after all
-            future = asyncio.ensure_future(produced)
-        else:
-            call = functools.partial(contextvars.copy_context().run, functools.partial(callback, *args, **kwargs))
-            future = loop.run_in_executor(self._pool(), call)
+        if not is_async:
+            result = await self._run_in_thread(
+                functools.partial(contextvars.copy_context().run, callback, *args, **kwargs),
+                seconds, what, secret)
+            if inspect.isawaitable(result):  # a sync callable that handed back a coroutine
+                return await self._run(lambda: result, (), {}, is_async=True,
+                                       timeout=max(deadline - loop.time(), 1e-3), what=what, secret=secret)
+            return result
+        try:
+            produced = callback(*args, **kwargs)
+        except Exception as exc:
+            raise self._failed(what, exc, secret=secret) from exc
+        if not inspect.isawaitable(produced):
+            return produced  # an async generator, or a callable that was not async after all
+        future = asyncio.ensure_future(produced)
         try:
             done, _ = await asyncio.wait({future}, timeout=seconds)
         except asyncio.CancelledError:
             future.cancel()
             raise
         if not done:
-            future.cancel()  # cancels a coroutine; a running thread cannot be stopped and is left to finish
+            future.cancel()  # the coroutine is cancelled; the answer does not wait for it to unwind
             future.add_done_callback(_consume)
-            log.warning("%s did not finish within %g s.", what, seconds)
-            raise ActionTimeoutError(f"{what} did not finish within {seconds:g} s (the timeout).")
+            raise self._timed_out(what, seconds)
         if future.cancelled():
             raise ActionFailedError(f"{what} was cancelled.")
         error = future.exception()
         if error is not None:
-            if isinstance(error, _PASS_THROUGH) or not isinstance(error, Exception):
+            translated = self._translated(what, error, secret)
+            if translated is error:
                 raise error
-            raise self._failed(what, error, secret=secret) from error
-        result = future.result()
-        if not is_async and inspect.isawaitable(result):  # a sync callable that handed back a coroutine
-            return await self._run(lambda: result, (), {}, is_async=True,
-                                   timeout=max(deadline - loop.time(), 1e-3), what=what, secret=secret)
-        return result
+            raise translated from error
+        return future.result()
+
+    async def _run_in_thread(self, call: Callable[[], Any], seconds: float, what: str, secret: bool) -> Any:
+        """``call()`` on one of the action threads, within ``seconds``: a plain future and one timer, no
+        ``asyncio.wait`` (a sync action's answer pays only the hand-over to the thread and back)."""
+        future = self._pool().submit(call)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            future.cancel()  # the thread cannot be stopped: it finishes and its result is dropped
+
+        timer = asyncio.get_running_loop().call_later(seconds, expire)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not expired or (task is not None and task.cancelling()):
+                future.cancel()
+                raise
+            raise self._timed_out(what, seconds) from None
+        except BaseException as error:
+            translated = self._translated(what, error, secret)
+            if translated is error:
+                raise
+            raise translated from error
+        finally:
+            timer.cancel()
+
+    def _timed_out(self, what: str, seconds: float) -> ActionTimeoutError:
+        log.warning("%s did not finish within %g s.", what, seconds)
+        return ActionTimeoutError(f"{what} did not finish within {seconds:g} s (the timeout).")
+
+    def _translated(self, what: str, error: BaseException, secret: bool) -> BaseException:
+        """What a callback's exception is raised as: itself when it passes through, else ``ActionFailedError``."""
+        if isinstance(error, _PASS_THROUGH) or not isinstance(error, Exception):
+            return error
+        return self._failed(what, error, secret=secret)
 
     def _failed(self, what: str, exc: BaseException, *, secret: bool = False) -> ActionFailedError:
         status = getattr(exc, "status_code", None)
@@ -651,9 +688,8 @@ class Container:
             return
         if isinstance(produced, Iterable):
             iterator: Iterator[Any] = iter(produced)
-            loop = asyncio.get_running_loop()
             end = object()
-            while (chunk := await loop.run_in_executor(self._pool(), next, iterator, end)) is not end:
+            while (chunk := await self._pool().submit(functools.partial(next, iterator, end))) is not end:
                 yield _as_bytes(chunk)
             return
         raise TypeError(f"a GET stream must produce bytes, str or an iterable of them, not {type(produced).__name__}")
