@@ -65,7 +65,8 @@ class GraphsAgent(AbstractAgent):
 
     async def deliver(self, kind: str, name: str, message: Message) -> None:
         """The container's message hook: queue the message in ``agent:<id>`` or ``channel:<name>``."""
-        await deliver_message(self.cache, kind, name, message.model_dump(mode="json", by_alias=True))
+        await deliver_message(self.cache, kind, name, message.model_dump(mode="json", by_alias=True),
+                              settings=self.settings)
 
     @action
     async def plan_graph(self, graph: str) -> str:

@@ -93,6 +93,11 @@ class FlowmasSettings(BaseSettings):
     """Part size of S3 multipart uploads (5 MiB to 5 GiB)."""
     graph_retention_seconds: float = _seconds(7 * DAY, most=3650 * DAY, least=59.999)
     """How long ``cleanup-cache`` keeps a finished graph run's cache namespace and snapshots (default 7 days)."""
+    graph_mailbox_max_messages: int = Field(default=1000, ge=1, le=10**7)
+    """Most messages a platform mailbox (``/send``, ``/broadcast``) keeps; past it the oldest are dropped, so
+    messages nobody reads cannot fill the cache."""
+    graph_mailbox_ttl_seconds: float = _seconds(DAY, most=365 * DAY, least=0.999)
+    """How long a platform mailbox lives after its last message (default a day)."""
     assistant_model: str | None = Field(default=None, min_length=1, max_length=300)
     """The saved model block (``<slug>/<name>`` or ``<name>``, e.g. ``openai-model/prod``) the built-in Assistant
     agent answers ``Ask`` with; unset, the Assistant has no ``Ask`` action."""

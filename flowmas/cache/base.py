@@ -50,6 +50,7 @@ MAX_KEY_BYTES: Final = 1024
 """Longest key, mailbox or channel name (UTF-8 bytes): longer ones are a bug, not a name."""
 MAX_AFFIX_BYTES: Final = 256
 MAX_TTL: Final = 10 * 365.25 * 86400.0
+MAX_MAILBOX_LENGTH: Final = 1_000_000_000
 RAW_TAG: Final = b"\x00"
 """First byte of a raw entry: JSON text never starts with NUL, so one byte tells the two kinds apart."""
 
@@ -93,7 +94,8 @@ class Cache(Protocol):
     def with_prefix(self, prefix: str) -> AbstractAsyncContextManager[None]: ...
     def with_suffix(self, suffix: str) -> AbstractAsyncContextManager[None]: ...
     def namespaced(self, namespace: str) -> Cache: ...
-    async def publish_to_mailbox(self, mailbox: str, value: Any) -> None: ...
+    async def publish_to_mailbox(self, mailbox: str, value: Any, *, max_length: int | None = None,
+                                 ttl: float | None = None) -> None: ...
     async def get_message(self, mailbox: str, timeout: float | None = None) -> Any | None: ...
     async def publish(self, channel: str, value: Any) -> int: ...
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[Any]]: ...
@@ -154,6 +156,16 @@ def check_ttl(ttl: object) -> float | None:
         raise CacheError(f"The cache TTL {ttl!r} is not a positive, finite number of seconds up to {MAX_TTL:.0f} "
                          "(ten years); leave it out for no expiry.")
     return float(ttl)
+
+
+def check_max_length(max_length: object) -> int | None:
+    """A mailbox bound: ``None``, or a whole number of messages from 1 to ``MAX_MAILBOX_LENGTH``."""
+    if max_length is None:
+        return None
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_MAILBOX_LENGTH:
+        raise CacheError(f"A mailbox's max_length must be a whole number of messages from 1 to "
+                         f"{MAX_MAILBOX_LENGTH:,}, not {max_length!r}; leave it out for no bound.")
+    return max_length
 
 
 def encode(key: str, value: Any, *, raw: bool = False) -> bytes:
@@ -330,7 +342,11 @@ class BaseCache(ABC):
     async def clear(self) -> None: ...
 
     @abstractmethod
-    async def publish_to_mailbox(self, mailbox: str, value: Any) -> None: ...
+    async def publish_to_mailbox(self, mailbox: str, value: Any, *, max_length: int | None = None,
+                                 ttl: float | None = None) -> None:
+        """Queues ``value``. ``max_length``: the mailbox keeps its newest ``max_length`` messages (the oldest are
+        dropped); ``ttl``: the mailbox, with every message in it, vanishes ``ttl`` seconds after this publish
+        (each publish sets it anew; one without ``ttl`` makes the mailbox last)."""
 
     @abstractmethod
     async def get_message(self, mailbox: str, timeout: float | None = None) -> Any | None: ...

@@ -38,6 +38,7 @@ from flowmas.cache.base import (
     BaseCache,
     NamespaceDump,
     check_dump,
+    check_max_length,
     check_timeout,
     check_ttl,
     decode,
@@ -85,6 +86,7 @@ class _Store:
     lock: threading.Lock = field(default_factory=threading.Lock)
     values: dict[str, dict[str, _Entry]] = field(default_factory=dict)
     boxes: dict[str, dict[str, deque[bytes]]] = field(default_factory=dict)
+    box_expires: dict[tuple[str, str], float] = field(default_factory=dict)
     waiters: dict[tuple[str, str], deque[_Waiter]] = field(default_factory=dict)
     subscribers: dict[tuple[str, str], list[_Subscriber]] = field(default_factory=dict)
     writes: int = 0
@@ -111,15 +113,20 @@ class _Store:
     def put(self, prefix: str, full: str, data: bytes, ttl: float | None) -> None:
         expires = None if ttl is None else self.clock() + ttl
         self.values.setdefault(prefix, {})[full] = _Entry(data, expires)
-        self.writes += 1
-        if self.writes % SWEEP_EVERY == 0:
-            self.sweep()
+        self.wrote()
 
     def sweep(self) -> None:
         now = self.clock()
         for prefix, space in list(self.values.items()):
             for full in [f for f, e in space.items() if e.expires is not None and e.expires <= now]:
                 self.drop(prefix, full)
+        for prefix, full in [where for where, expires in self.box_expires.items() if expires <= now]:
+            self.drop_box(prefix, full)
+
+    def wrote(self) -> None:
+        self.writes += 1
+        if self.writes % SWEEP_EVERY == 0:
+            self.sweep()
 
     def live_items(self, prefix: str) -> list[tuple[str, _Entry]]:
         now = self.clock()
@@ -129,17 +136,38 @@ class _Store:
             self.drop(prefix, full)
         return list(self.values.get(prefix, {}).items())
 
-    def push(self, prefix: str, full: str, messages: Iterable[bytes]) -> None:
-        box = self.boxes.setdefault(prefix, {}).setdefault(full, deque())
+    def push(self, prefix: str, full: str, messages: Iterable[bytes], *, max_length: int | None = None,
+             ttl: float | None = None) -> None:
+        box = self.live_box(prefix, full)
+        if box is None:
+            box = self.boxes.setdefault(prefix, {}).setdefault(full, deque())
         count = len(box)
         box.extend(messages)
-        for _ in range(len(box) - count):
+        added = len(box) - count
+        if max_length is not None:
+            while len(box) > max_length:
+                box.popleft()
+        if ttl is None:
+            self.box_expires.pop((prefix, full), None)
+        else:
+            self.box_expires[(prefix, full)] = self.clock() + ttl
+        self.wrote()
+        for _ in range(min(added, len(box))):
             if not self.wake_one((prefix, full)):
                 break
 
-    def pop(self, prefix: str, full: str) -> bytes | None:
+    def live_box(self, prefix: str, full: str) -> deque[bytes] | None:
         space = self.boxes.get(prefix)
         box = space.get(full) if space else None
+        if box is not None:
+            expires = self.box_expires.get((prefix, full))
+            if expires is not None and expires <= self.clock():
+                self.drop_box(prefix, full)
+                return None
+        return box
+
+    def pop(self, prefix: str, full: str) -> bytes | None:
+        box = self.live_box(prefix, full)
         if not box:
             return None
         data = box.popleft()
@@ -148,6 +176,7 @@ class _Store:
         return data
 
     def drop_box(self, prefix: str, full: str) -> None:
+        self.box_expires.pop((prefix, full), None)
         space = self.boxes.get(prefix)
         if space is not None:
             space.pop(full, None)
@@ -265,11 +294,13 @@ class EmbeddedCache(BaseCache):
 
     # --- mailboxes and broadcast --------------------------------------------------------------------------
 
-    async def publish_to_mailbox(self, mailbox: str, value: Any) -> None:
+    async def publish_to_mailbox(self, mailbox: str, value: Any, *, max_length: int | None = None,
+                                 ttl: float | None = None) -> None:
         full, prefix = self._full(mailbox, "mailbox"), self.prefix
+        max_length, ttl = check_max_length(max_length), check_ttl(ttl)
         data = encode(mailbox, value)
         with self._store.lock:
-            self._store.push(prefix, full, (data,))
+            self._store.push(prefix, full, (data,), max_length=max_length, ttl=ttl)
 
     async def get_message(self, mailbox: str, timeout: float | None = None) -> Any | None:
         full, prefix, timeout = self._full(mailbox, "mailbox"), self.prefix, check_timeout(timeout)
@@ -350,8 +381,9 @@ class EmbeddedCache(BaseCache):
         with store.lock:
             now = store.clock()
             items = self._scope_items()
-            boxes = [(name, list(box)) for full, box in store.boxes.get(self.prefix, {}).items()
-                     if (name := self._strip(full)) is not None]
+            boxes = [(name, list(box)) for full in list(store.boxes.get(self.prefix, {}))
+                     if (name := self._strip(full)) is not None
+                     and (box := store.live_box(self.prefix, full)) is not None]
         for key, entry in items:
             if entry.data[:1] == RAW_TAG:
                 dump["raw"][key] = base64.b64encode(entry.data[1:]).decode()

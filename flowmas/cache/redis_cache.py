@@ -17,7 +17,8 @@ What each operation sends:
 * ``get`` GET; ``get_many`` one MGET.
 * ``set`` SET [PX] + ZADD to the index in one script (EVALSHA: one command, atomic; a TTL'd write also drops
   index entries that expired over a minute ago, so names written once with a TTL cannot pile up);
-  ``delete``/``delete_many`` UNLINK + ZREM, ``publish_to_mailbox`` RPUSH + ZADD, each one script.
+  ``delete``/``delete_many`` UNLINK + ZREM, ``publish_to_mailbox`` RPUSH [+ LTRIM for ``max_length``] [+ PEXPIRE
+  for ``ttl``] + ZADD, each one script.
 * ``keys`` ZRANGE of the index; ``get_all`` that, then the MGETs in one pipeline; ``dump_namespace`` that, then
   GET+PTTL / LRANGE in one MULTI (a consistent view of the namespace). Names listed that no longer exist
   (expired, or a mailbox consumed to empty) are dropped from the index on the way. Listing costs the size of
@@ -62,6 +63,7 @@ from flowmas.cache.base import (
     BaseCache,
     NamespaceDump,
     check_dump,
+    check_max_length,
     check_timeout,
     check_ttl,
     decode,
@@ -97,11 +99,24 @@ return 1
 """
 """KEYS: the value's name, the index; ARGV: the bytes, the TTL in ms or ''. SET and its index entry, scored by
 Redis's clock, atomically in one command (a MULTI of the same costs ~1.6x a bare SET from redis-py; this ~1.1x)."""
-_PUSH: Final = """
+_PUSH: Final = f"""
 redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], 'inf', KEYS[1])
+local most = tonumber(ARGV[2])
+if most then redis.call('LTRIM', KEYS[1], -most, -1) end
+local px = tonumber(ARGV[3])
+if px then
+  redis.call('PEXPIRE', KEYS[1], px)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now + px, KEYS[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - {GRACE_MS}))
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('ZADD', KEYS[2], 'inf', KEYS[1])
+end
 return 1
 """
+"""KEYS: the mailbox, the index; ARGV: the message, the bound or '', the TTL in ms or ''."""
 _UNLINK: Final = """
 local n = 0
 for i = 2, #KEYS do n = n + redis.call('UNLINK', KEYS[i]) end
@@ -370,11 +385,14 @@ class RedisCache(BaseCache):
 
     # --- mailboxes and broadcast --------------------------------------------------------------------------
 
-    async def publish_to_mailbox(self, mailbox: str, value: Any) -> None:
+    async def publish_to_mailbox(self, mailbox: str, value: Any, *, max_length: int | None = None,
+                                 ttl: float | None = None) -> None:
         name = self._name("mb", mailbox, "mailbox")
+        max_length, ttl = check_max_length(max_length), check_ttl(ttl)
         data = encode(mailbox, value)
+        px = "" if ttl is None else max(1, math.ceil(ttl * 1000))
         with self._errors(f"publishing to mailbox {mailbox!r}", MailboxError):
-            await self._push_indexed(keys=[name, self._index], args=[data])
+            await self._push_indexed(keys=[name, self._index], args=[data, max_length or "", px])
 
     async def get_message(self, mailbox: str, timeout: float | None = None) -> Any | None:
         name, timeout = self._name("mb", mailbox, "mailbox"), check_timeout(timeout)

@@ -43,6 +43,7 @@ from flowmas.errors import CacheError, SnapshotError
 from flowmas.graph.engine import Agent, NodeRunner, RunContext
 from flowmas.graph.model import ModuleResult, Node, Task, TaskStatus, check_task_id
 from flowmas.graph.snapshots import latest_snapshot, read_snapshot, snapshot_root
+from flowmas.settings import FlowmasSettings
 from flowmas.text import one_line, shorten
 
 __all__ = ["FINAL_STATUSES", "GRAPH_FILE", "PLATFORM_NAMESPACE", "RUNS_NAMESPACE", "GraphOutcome", "agent_mailbox",
@@ -72,13 +73,20 @@ def platform_cache(cache: Cache) -> Cache:
     return cache.namespaced(PLATFORM_NAMESPACE)
 
 
-async def deliver_message(cache: Cache, kind: str, name: str, message: Any) -> None:
-    """Queue ``message`` for ``agent:<name>`` (``kind="agent"``) or ``channel:<name>`` (mailbox and publish)."""
+async def deliver_message(cache: Cache, kind: str, name: str, message: Any, *,
+                          settings: FlowmasSettings | None = None) -> None:
+    """Queue ``message`` for ``agent:<name>`` (``kind="agent"``) or ``channel:<name>`` (mailbox and publish).
+
+    The platform may send to any agent and broadcast on any channel whether or not a graph ever reads it, so
+    each mailbox is bounded (``FLOWMAS_GRAPH_MAILBOX_MAX_MESSAGES``, the oldest dropped) and vanishes
+    ``FLOWMAS_GRAPH_MAILBOX_TTL_SECONDS`` after its last message."""
+    settings = settings or FlowmasSettings()
+    most, ttl = settings.graph_mailbox_max_messages, settings.graph_mailbox_ttl_seconds
     view = platform_cache(cache)
-    if kind == "agent":
-        await view.publish_to_mailbox(agent_mailbox(name), message)
-        return
-    await view.publish_to_mailbox(channel_mailbox(name), message)
+    mailbox = agent_mailbox(name) if kind == "agent" else channel_mailbox(name)
+    await view.publish_to_mailbox(mailbox, message, max_length=most, ttl=ttl)
+    if kind != "agent":
+        await view.publish(mailbox, message)
     await view.publish(channel_mailbox(name), message)
 
 

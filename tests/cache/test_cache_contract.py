@@ -317,6 +317,49 @@ async def test_mailboxes_are_namespaced(cache: BaseCache) -> None:
     assert await cache.get_message("agent:x", timeout=0) == "mine"
 
 
+async def test_a_bounded_mailbox_keeps_its_newest_messages(cache: BaseCache) -> None:
+    for i in range(10):
+        await cache.publish_to_mailbox("box", i, max_length=3)
+    assert (await cache.dump_namespace())["mailboxes"] == {"box": [7, 8, 9]}
+    assert [await cache.get_message("box", timeout=0) for _ in range(4)] == [7, 8, 9, None]
+    await cache.publish_to_mailbox("box", "a", max_length=1)
+    await cache.publish_to_mailbox("box", "b")  # no bound on this publish: nothing dropped
+    assert [await cache.get_message("box", timeout=0) for _ in range(3)] == ["a", "b", None]
+
+
+async def test_a_bounded_mailbox_still_wakes_a_waiting_consumer(cache: BaseCache) -> None:
+    waiting = asyncio.create_task(cache.get_message("box", timeout=10))
+    await asyncio.sleep(0.05)
+    await cache.publish_to_mailbox("box", "hello", max_length=1)
+    assert await waiting == "hello"
+
+
+async def test_a_mailbox_with_a_ttl_vanishes_with_its_messages_and_a_publish_without_one_keeps_it(
+        cache: BaseCache) -> None:
+    await cache.publish_to_mailbox("short", 1, ttl=0.05)
+    await cache.publish_to_mailbox("short", 2, ttl=0.05)
+    await cache.publish_to_mailbox("kept", 1, ttl=0.05)
+    await cache.publish_to_mailbox("kept", 2)  # the latest publish decides: no TTL
+    deadline = time.monotonic() + 5
+    while (await cache.dump_namespace())["mailboxes"].get("short") and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert (await cache.dump_namespace())["mailboxes"] == {"kept": [1, 2]}
+    assert await cache.get_message("short", timeout=0) is None
+    await cache.publish_to_mailbox("short", 3, ttl=60)  # a new mailbox of that name starts empty
+    assert await cache.get_message("short", timeout=0) == 3
+
+
+@pytest.mark.parametrize(("option", "value", "match"), [
+    ("max_length", 0, "max_length"), ("max_length", -1, "max_length"), ("max_length", 2.5, "max_length"),
+    ("max_length", True, "max_length"), ("max_length", 10**10, "max_length"), ("max_length", "5", "max_length"),
+    ("ttl", 0, "TTL"), ("ttl", float("nan"), "TTL"), ("ttl", "5", "TTL")])
+async def test_absurd_mailbox_bounds_are_refused_and_queue_nothing(
+        cache: BaseCache, option: str, value: Any, match: str) -> None:
+    with pytest.raises(CacheError, match=match):
+        await cache.publish_to_mailbox("box", 1, **{option: value})
+    assert (await cache.dump_namespace())["mailboxes"] == {}
+
+
 # --- broadcast --------------------------------------------------------------------------------------------
 
 

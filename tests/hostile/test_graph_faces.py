@@ -87,9 +87,34 @@ def test_send_and_broadcast_with_hostile_bodies() -> None:
     assert news == {"payload": {"deep": [1] * 100}, "replyTo": None}
 
 
+def test_a_flood_of_messages_nobody_reads_is_bounded_and_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWMAS_GRAPH_MAILBOX_MAX_MESSAGES", "5")
+    monkeypatch.setenv("FLOWMAS_GRAPH_MAILBOX_TTL_SECONDS", "3600")
+    now = [1000.0]
+    cache = EmbeddedCache(clock=lambda: now[0])
+    container, _, _ = make_container()
+    GraphsAgent(container=container, cache=cache)
+    app = create_app(container, platform=False)
+
+    async def scenario() -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+        async with asgi_client(app) as client:
+            for i in range(50):
+                assert (await client.post("/send/calc-1", json={"payload": i})).status_code == 200
+                assert (await client.post(f"/broadcast/chan{i}", json={"payload": i})).status_code == 200
+        view = platform_cache(cache)
+        held = (await view.dump_namespace())["mailboxes"]
+        now[0] += 3601
+        return held, (await view.dump_namespace())["mailboxes"]
+
+    held, later = asyncio.run(scenario())
+    assert [m["payload"] for m in held[agent_mailbox("calc-1")]] == [45, 46, 47, 48, 49]  # the newest five
+    assert len(held) == 51 and held[channel_mailbox("chan7")] == [{"payload": 7, "replyTo": None}]
+    assert later == {}  # an hour after their last message, every mailbox is gone
+
+
 def test_a_failing_cache_never_changes_the_senders_answer() -> None:
     class Broken(EmbeddedCache):
-        async def publish_to_mailbox(self, mailbox: str, value: Any) -> None:
+        async def publish_to_mailbox(self, mailbox: str, value: Any, **bounds: Any) -> None:
             raise RuntimeError("cache down")
 
     container, first, _ = make_container()
