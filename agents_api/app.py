@@ -211,8 +211,11 @@ def create_app(
         try:
             yield
         finally:
-            if client is not None:
-                await client.stop()
+            try:
+                if client is not None:
+                    await client.stop()
+            finally:
+                await container.shutdown()
 
     image = container.image
     app = OpacaApp(

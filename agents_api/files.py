@@ -79,9 +79,15 @@ class FilesAgent(AbstractAgent):
                  container: Container | None = None, agent_id: str = "files") -> None:
         project = context.project if context is not None else None
         settings = context.settings if context is not None else None
+        self._owns_files = files is None
         self.files = files if files is not None else FileService.from_config(project=project, settings=settings)
         self.project_file = str(project.path) if project is not None and project.path is not None else None
         super().__init__(container=container, agent_id=agent_id)
+
+    async def on_shutdown(self) -> None:
+        """Closes the file service this agent made (one passed in is its owner's to close)."""
+        if self._owns_files:
+            await self.files.close()
 
     @action
     async def upload_file(self, content: str, fileName: str, sessionId: str,

@@ -27,7 +27,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from flowmas.cache import Cache
+from flowmas.cache import Cache, process_cache
 from flowmas.errors import ActionFailedError, ConfigurationError, GraphError, InvalidArgumentsError
 from flowmas.graph.loading import default_cache, describe_plan, load_graph, parse_task
 from flowmas.graph.runs import deliver_message
@@ -51,6 +51,7 @@ class GraphsAgent(AbstractAgent):
                  agent_id: str = "graphs", cache: Cache | None = None) -> None:
         self.settings: FlowmasSettings | None = context.settings if context is not None else None
         self._cache = cache
+        self._owns_cache = False
         super().__init__(container=container, agent_id=agent_id)
         target = container if container is not None else context.container if context is not None else None
         if target is not None:
@@ -61,7 +62,14 @@ class GraphsAgent(AbstractAgent):
         """The cache messages go to (made on first use, on the container's event loop)."""
         if self._cache is None:
             self._cache = default_cache(self.settings)
+            self._owns_cache = True
         return self._cache
+
+    async def on_shutdown(self) -> None:
+        """Closes the cache client this agent made (``process_cache()`` ignores it; one passed in is the
+        caller's)."""
+        if self._owns_cache and self._cache is not None and self._cache is not process_cache():
+            await self._cache.close()
 
     async def deliver(self, kind: str, name: str, message: Message) -> None:
         """The container's message hook: queue the message in ``agent:<id>`` or ``channel:<name>``."""

@@ -278,6 +278,10 @@ class AbstractAgent:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.agent_id}>"
 
+    async def on_shutdown(self) -> None:
+        """Called once when the container shuts down (the app's lifespan ends): release what the agent made
+        (clients, pools, files). Sync or async in a subclass; what it raises is logged, never re-raised."""
+
     # --- decorated methods -------------------------------------------------------------------------------
 
     def _collect_decorated(self) -> None:

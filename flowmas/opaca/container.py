@@ -520,6 +520,20 @@ class Container:
                     self._executor = ActionThreads(self._max_threads, name="opaca-action")
         return self._executor
 
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Every agent's ``on_shutdown`` (concurrently, each within ``timeout`` seconds; failures logged), then
+        ``close()``. The app calls it when its lifespan ends."""
+        agents = self.agents()
+        outcomes = await asyncio.gather(
+            *(self._run(agent.on_shutdown, (), {}, is_async=_is_async(agent.on_shutdown), timeout=timeout,
+                        what=f"Agent {agent.agent_id} shutting down") for agent in agents),
+            return_exceptions=True)
+        for agent, outcome in zip(agents, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                log.warning("Agent %s did not shut down cleanly: %s", agent.agent_id,
+                            shorten(one_line(str(outcome)), 300))
+        self.close()
+
     def close(self) -> None:
         """Lets go of the action threads (each finishes the calls already handed to it, then ends)."""
         executor, self._executor = self._executor, None

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from agents_api import BackgroundServer, create_app
+from flowmas.opaca.agent import AbstractAgent
 from tests.agents_api import SECRET, TOKEN, Calculator, assert_error, make_container
 
 
@@ -126,3 +127,36 @@ def test_streams_over_http(client: httpx.Client) -> None:
     with pytest.raises(httpx.RemoteProtocolError), client.stream("GET", "/stream/Broken") as response:
         b"".join(response.iter_bytes())  # the stream breaks halfway: the connection says so
     assert client.get("/info").status_code == 200  # and the server goes on
+
+
+def test_stopping_the_server_shuts_every_agent_down_once_and_survives_a_failing_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The lifespan's end calls each agent's ``on_shutdown`` (sync or async); the Files agent closes the file
+    service it made; an agent whose hook raises is logged and keeps no other from shutting down."""
+    from agents_api.files import FilesAgent
+    from flowmas.files import FileService
+    from flowmas.files.storage import MemoryStorageManager
+
+    calls: list[str] = []
+
+    class Quiet(AbstractAgent):
+        def on_shutdown(self) -> None:  # type: ignore[override]  # a sync hook is fine too
+            calls.append(self.agent_id)
+
+    class Failing(AbstractAgent):
+        async def on_shutdown(self) -> None:
+            raise RuntimeError("cannot let go")
+
+    container, _, _ = make_container()
+    Failing(container=container, agent_id="failing")
+    Quiet(container=container, agent_id="quiet")
+    owned = FilesAgent(container=container, agent_id="files")  # makes its own FileService: closes it
+    lent = FileService(MemoryStorageManager())
+    FilesAgent(container=container, files=lent, agent_id="lent-files")  # the caller's: left open
+    with caplog.at_level(logging.WARNING, logger="flowmas"), \
+            BackgroundServer(create_app(container, platform=False)) as server:
+        assert httpx.get(f"{server.url}/info").status_code == 200
+    assert calls == ["quiet"]
+    assert owned.files._closed and not lent._closed
+    assert "Agent failing did not shut down cleanly" in caplog.text and "cannot let go" in caplog.text
+    lent.close_sync()
