@@ -87,7 +87,6 @@ async def deliver_message(cache: Cache, kind: str, name: str, message: Any, *,
     await view.publish_to_mailbox(mailbox, message, max_length=most, ttl=ttl)
     if kind != "agent":
         await view.publish(mailbox, message)
-    await view.publish(channel_mailbox(name), message)
 
 
 # --- one run ----------------------------------------------------------------------------------------------

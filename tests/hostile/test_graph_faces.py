@@ -4,6 +4,7 @@ no graph, and messages (huge, not JSON) sent to a container whose Graphs agent c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from agents_api.graphs import GraphsAgent
 from flowmas.cache import EmbeddedCache
 from flowmas.errors import ConfigurationError
 from flowmas.graph.loading import load_graph, parse_task
-from flowmas.graph.runs import agent_mailbox, channel_mailbox, platform_cache
+from flowmas.graph.runs import agent_mailbox, channel_mailbox, deliver_message, platform_cache
 from tests.agents_api import asgi_client, assert_error, make_container
 
 
@@ -110,6 +111,32 @@ def test_a_flood_of_messages_nobody_reads_is_bounded_and_expires(monkeypatch: py
     assert [m["payload"] for m in held[agent_mailbox("calc-1")]] == [45, 46, 47, 48, 49]  # the newest five
     assert len(held) == 51 and held[channel_mailbox("chan7")] == [{"payload": 7, "replyTo": None}]
     assert later == {}  # an hour after their last message, every mailbox is gone
+
+
+def test_a_send_queues_once_and_publishes_nothing_a_broadcast_queues_and_publishes_once() -> None:
+    cache = EmbeddedCache()
+    view = platform_cache(cache)
+
+    async def scenario() -> tuple[list[Any], list[Any], dict[str, list[Any]]]:
+        heard: dict[str, list[Any]] = {"news": [], "calc-1": []}
+        async with view.subscribe(channel_mailbox("news")) as news, \
+                view.subscribe(channel_mailbox("calc-1")) as calc:
+            await deliver_message(cache, "agent", "calc-1", {"n": 1})
+            await deliver_message(cache, "channel", "news", {"n": 2})
+            await deliver_message(cache, "channel", "news", {"n": 3})
+            for _ in range(2):
+                heard["news"].append(await asyncio.wait_for(anext(news), 5))
+            with contextlib.suppress(TimeoutError):  # nothing more on either channel
+                heard["news"].append(await asyncio.wait_for(anext(news), 0.2))
+            with contextlib.suppress(TimeoutError):
+                heard["calc-1"].append(await asyncio.wait_for(anext(calc), 0.2))
+        dump = (await view.dump_namespace())["mailboxes"]
+        return heard["news"], heard["calc-1"], dump
+
+    news, calc, mailboxes = asyncio.run(scenario())
+    assert news == [{"n": 2}, {"n": 3}]  # each broadcast published once
+    assert calc == []  # a send to an agent is queued, never published on a channel of its name
+    assert mailboxes == {agent_mailbox("calc-1"): [{"n": 1}], channel_mailbox("news"): [{"n": 2}, {"n": 3}]}
 
 
 def test_a_failing_cache_never_changes_the_senders_answer() -> None:
