@@ -83,37 +83,35 @@ GRACE_MS: Final = 60_000
 """Index entries are trimmed this long after their expiry, so a clock that differs (a namespace loaded from a
 snapshot is scored by the loader's clock) never drops a live key from the index."""
 NEVER: Final = float("inf")
-_SET: Final = f"""
-local px = tonumber(ARGV[2])
-if px then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', px)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[2], now + px, KEYS[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - {GRACE_MS}))
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('ZADD', KEYS[2], 'inf', KEYS[1])
+_INDEX_ENTRY: Final = f"""
+local function index(name, index_name, px)
+  if px then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    redis.call('ZADD', index_name, now + px, name)
+    redis.call('ZREMRANGEBYSCORE', index_name, '-inf', '(' .. (now - {GRACE_MS}))
+  else
+    redis.call('ZADD', index_name, 'inf', name)
+  end
 end
+"""
+"""The index entry of a name written with a TTL of ``px`` ms (or none), scored by Redis's clock; a TTL'd entry
+also trims the entries that expired over ``GRACE_MS`` ago. Shared by the write scripts below."""
+_SET: Final = _INDEX_ENTRY + """
+local px = tonumber(ARGV[2])
+if px then redis.call('SET', KEYS[1], ARGV[1], 'PX', px) else redis.call('SET', KEYS[1], ARGV[1]) end
+index(KEYS[1], KEYS[2], px)
 return 1
 """
-"""KEYS: the value's name, the index; ARGV: the bytes, the TTL in ms or ''. SET and its index entry, scored by
-Redis's clock, atomically in one command (a MULTI of the same costs ~1.6x a bare SET from redis-py; this ~1.1x)."""
-_PUSH: Final = f"""
+"""KEYS: the value's name, the index; ARGV: the bytes, the TTL in ms or ''. SET and its index entry atomically in
+one command (a MULTI of the same costs ~1.6x a bare SET from redis-py; this ~1.1-1.2x)."""
+_PUSH: Final = _INDEX_ENTRY + """
 redis.call('RPUSH', KEYS[1], ARGV[1])
 local most = tonumber(ARGV[2])
 if most then redis.call('LTRIM', KEYS[1], -most, -1) end
 local px = tonumber(ARGV[3])
-if px then
-  redis.call('PEXPIRE', KEYS[1], px)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[2], now + px, KEYS[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - {GRACE_MS}))
-else
-  redis.call('PERSIST', KEYS[1])
-  redis.call('ZADD', KEYS[2], 'inf', KEYS[1])
-end
+if px then redis.call('PEXPIRE', KEYS[1], px) else redis.call('PERSIST', KEYS[1]) end
+index(KEYS[1], KEYS[2], px)
 return 1
 """
 """KEYS: the mailbox, the index; ARGV: the message, the bound or '', the TTL in ms or ''."""
