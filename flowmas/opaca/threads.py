@@ -61,8 +61,13 @@ class ActionThreads:
                 self._idle -= 1
             elif len(self._threads) < self.max_threads:
                 thread = threading.Thread(target=self._work, name=f"{self.name}_{next(self._numbers)}", daemon=True)
-                self._threads.append(thread)
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError:  # "can't start new thread": the threads there are will take the call
+                    if not self._threads:
+                        raise
+                else:
+                    self._threads.append(thread)
             self._calls.put((call, loop, future))
         return future
 

@@ -84,3 +84,28 @@ async def test_close_lets_queued_calls_finish_then_ends_the_threads() -> None:
     while any(t.name.startswith("closing-test_") for t in threading.enumerate()) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     assert not [t for t in threading.enumerate() if t.name.startswith("closing-test_")]
+
+
+async def test_when_the_os_refuses_a_thread_the_existing_ones_take_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection of the OS's "can't start new thread" (the only way to get it as root): with threads to
+    spare the call queues for them; with none it is refused, and nothing is left half-counted."""
+    threads = ActionThreads(4, name="refused-test")
+    refuse = threading.Thread.start
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        threads.submit(lambda: None)
+    assert threads.threads == 0
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    release = threading.Event()
+    busy = threads.submit(lambda: release.wait(10))  # one real thread, now busy
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    queued = threads.submit(lambda: "queued")
+    assert threads.threads == 1 and not queued.done()
+    release.set()
+    assert await busy is True and await queued == "queued"  # the one thread took it once free
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    threads.close()
