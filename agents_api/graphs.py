@@ -33,11 +33,11 @@ from flowmas.graph.loading import default_cache, describe_plan, load_graph, pars
 from flowmas.graph.runs import deliver_message
 from flowmas.opaca.agent import AbstractAgent, action
 from flowmas.opaca.models import Message
+from flowmas.settings import FlowmasSettings
 
 if TYPE_CHECKING:
     from flowmas.opaca.capabilities import AgentContext
     from flowmas.opaca.container import Container
-    from flowmas.settings import FlowmasSettings
 
 __all__ = ["RUN_DEPLOYMENT", "GraphsAgent"]
 
@@ -73,6 +73,8 @@ class GraphsAgent(AbstractAgent):
 
     async def deliver(self, kind: str, name: str, message: Message) -> None:
         """The container's message hook: queue the message in ``agent:<id>`` or ``channel:<name>``."""
+        if self.settings is None:
+            self.settings = FlowmasSettings()  # read once: the bounds of every later delivery
         await deliver_message(self.cache, kind, name, message.model_dump(mode="json", by_alias=True),
                               settings=self.settings)
 
