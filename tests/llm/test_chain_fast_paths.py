@@ -17,25 +17,18 @@ from flowmas.llm._convert import merge_role, merge_roles
 from flowmas.llm.caching import place_breakpoints, place_message_breakpoints, place_new_breakpoints
 from flowmas.llm.client import Request, _chain_request, _with_messages, request_memo
 from flowmas.llm.tools import StopToolChain, _plain_arguments
-from flowmas.llm.types import ImageBlock, TextBlock, ToolCallBlock, ToolResultBlock, Usage
+from flowmas.llm.types import ToolCallBlock, ToolResultBlock, Usage
+from tests.llm.test_fast_paths import PNG, transcript
 
-PNG = ImageBlock.from_bytes(b"\x89PNG\r\n\x1a\n0000", "image/png")
 TOOLS = [{"name": "get", "description": "Get.", "input_schema": {"type": "object"}}]
 
 
 def chain_transcript() -> list[Message]:
-    """What a tool chain's transcript can hold: the caller's messages (system text, two user turns in a row),
-    then answers (text, tool calls, thinking-free), tool results (error, image), a nudge."""
+    """What a tool chain's transcript can hold: the fast-path tests' conversation up to its tool results (system
+    text, two user turns in a row, text and tool calls, an error result, an image result), then a plain answer,
+    a nudge, one more tool round and the final answer."""
     return [
-        Message.system("Be terse."),
-        Message.user("Hi"),
-        Message.user("Look", images=[PNG]),
-        Message.assistant("Let me check.", tool_calls=[ToolCallBlock(id="c1", name="get", arguments={"k": 1})]),
-        Message.tool_results([ToolResultBlock(tool_call_id="c1", name="get", content="one")]),
-        Message.assistant(tool_calls=[ToolCallBlock(id="c2", name="get", arguments={"k": 2}),
-                                      ToolCallBlock(id="c3", name="bad", arguments={})]),
-        Message.tool_results([ToolResultBlock(tool_call_id="c2", name="get", content=[TextBlock(text="two"), PNG]),
-                              ToolResultBlock(tool_call_id="c3", name="bad", content="boom", is_error=True)]),
+        *transcript()[:7],
         Message.assistant("Plain answer."),
         Message.user("You answered without calling a tool."),
         Message.assistant(tool_calls=[ToolCallBlock(id="c4", name="get", arguments={})]),
