@@ -152,6 +152,21 @@ def merge_roles(converted: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
     return out
 
 
+def merged_turns(
+    messages: Sequence[Message], memo: dict[str, Any] | None,
+    cache: ConvertedMessages[dict[str, Any] | None] | None, key: str,
+    convert: Callable[[Message], dict[str, Any] | None],
+) -> list[dict[str, Any]]:
+    """Messages as wire dicts with neighbouring turns of one role merged (Anthropic, Bedrock): a tool chain's turn
+    (``memo``) extends the previous turn's list, else ``cache`` converts each message once, else each is converted
+    now."""
+    if memo is not None:
+        return build_chain(messages, memo, key, convert, merge_role)
+    if cache is not None:
+        return cache.build(messages, merge_role)
+    return merge_roles([convert(m) for m in messages])
+
+
 def extend(out: list[dict[str, Any]], items: list[dict[str, Any]]) -> None:
     """``build`` step for protocols where a message becomes any number of items (OpenAI)."""
     out.extend(items)

@@ -35,7 +35,7 @@ import anthropic
 import httpx2
 
 from flowmas.errors import ConfigurationError, LLMConnectionError, LLMError, LLMProtocolError, LLMTimeoutError
-from flowmas.llm._convert import ConvertedMessages, build_chain, merge_role, merge_roles
+from flowmas.llm._convert import ConvertedMessages, merged_turns
 from flowmas.llm._http import parse_retry_after, status_error
 from flowmas.llm.caching import place_message_breakpoints, place_new_breakpoints
 from flowmas.llm.client import BaseClient, Request, request_memo
@@ -139,12 +139,7 @@ def build_messages(
 ) -> list[dict[str, Any]]:
     """The request's messages as Messages-API dicts (roles merged; system messages left out). With ``cache`` each
     message is converted once and its dict is shared between calls: change one by replacing it in the list."""
-    memo = request_memo(request)
-    if memo is not None:  # a tool chain's turn: the previous turn's messages and the new ones
-        return build_chain(request.messages, memo, "anthropic.messages", wire_message, merge_role)
-    if cache is not None:
-        return cache.build(request.messages, merge_role)
-    return merge_roles([wire_message(m) for m in request.messages])
+    return merged_turns(request.messages, request_memo(request), cache, "anthropic.messages", wire_message)
 
 
 def build_params(

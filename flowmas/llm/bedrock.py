@@ -56,7 +56,7 @@ from flowmas.errors import (
     LLMProtocolError,
     LLMTimeoutError,
 )
-from flowmas.llm._convert import ConvertedMessages, build_chain, merge_role, merge_roles
+from flowmas.llm._convert import ConvertedMessages, merged_turns
 from flowmas.llm._http import parse_retry_after, status_error
 from flowmas.llm.client import BaseClient, Request, request_memo
 from flowmas.llm.retry import RetryPolicy
@@ -153,12 +153,7 @@ def build_messages(
 ) -> list[dict[str, Any]]:
     """The request's messages as Converse dicts (roles merged). With ``cache`` each message is converted once and
     its dict is shared between calls: change one by replacing it in the list."""
-    memo = request_memo(request)
-    if memo is not None:  # a tool chain's turn: the previous turn's messages and the new ones
-        return build_chain(request.messages, memo, "bedrock.messages", message_param, merge_role)
-    if cache is not None:
-        return cache.build(request.messages, merge_role)
-    return merge_roles([message_param(m) for m in request.messages])
+    return merged_turns(request.messages, request_memo(request), cache, "bedrock.messages", message_param)
 
 
 def build_params(
